@@ -1,0 +1,1 @@
+"""OCI image core: digests, models, the content store, the layer codec."""
