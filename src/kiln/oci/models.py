@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kiln.errors import ManifestError
 from kiln.oci import mediatypes as mt
 from kiln.oci.canonical import canonical_json
-from kiln.oci.digest import Digest
+from kiln.oci.digest import Digest, is_digest
 
 
 class _Model(BaseModel):
@@ -64,7 +64,9 @@ class Descriptor(_Model):
     @field_validator("digest")
     @classmethod
     def _valid_digest(cls, v: str) -> str:
-        return str(Digest(v))
+        if not is_digest(v):
+            raise ValueError(f"invalid digest {v!r}")
+        return v
 
     @field_validator("size")
     @classmethod
@@ -79,7 +81,7 @@ class Descriptor(_Model):
 
     @classmethod
     def for_bytes(cls, media_type: str, data: bytes, **kw: Any) -> Descriptor:
-        return cls(mediaType=media_type, digest=Digest.of(data), size=len(data), **kw)
+        return cls(media_type=media_type, digest=Digest.of(data), size=len(data), **kw)
 
 
 class Manifest(_Model):
