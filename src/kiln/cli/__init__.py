@@ -1,0 +1,1 @@
+"""The command line: one module per command group; printing and progress only, no logic."""
