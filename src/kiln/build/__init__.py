@@ -1,0 +1,1 @@
+"""The build engine: plan, executor, snapshotter, cache, build context."""
