@@ -1,0 +1,338 @@
+"""The one executor: runs any plan, whatever frontend made it.
+
+For each stage the plan needs (dependencies first; independent stages in parallel) it starts
+from the base image, then for each step looks up the step cache, and on a miss runs the step:
+COPY writes a layer straight from its sources, RUN runs in the sandbox on an overlay of the
+stage's snapshots and turns the upper directory into a layer, metadata steps edit the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from kiln.build.cache import StepCache, step_key
+from kiln.build.config_edit import add_history, apply_change, for_format
+from kiln.build.diff import write_upper_as_layer
+from kiln.build.image import Image, Layer, chain_ids, load_image, write_image
+from kiln.build.log import BuildLog, StepLog
+from kiln.build.options import BuildOptions
+from kiln.build.overlay import merged_view
+from kiln.build.plan import (
+    ConfigChange,
+    ContextSource,
+    CopyStep,
+    ImageSource,
+    MetaStep,
+    Plan,
+    RunStep,
+    ScratchSource,
+    Stage,
+    StageSource,
+    Step,
+)
+from kiln.build.snapshots import Snapshots, discard
+from kiln.errors import BuildError, ImageNotFoundError, KilnError
+from kiln.oci.digest import Digest
+from kiln.oci.layer_writer import LayerWriter
+from kiln.oci.models import Descriptor
+from kiln.oci.store import Store
+
+SCRATCH_KEY = Digest.of(b"kiln:scratch")
+
+
+@dataclass
+class StageResult:
+    image: Image
+    key: str
+
+
+@dataclass
+class BuildResult:
+    descriptor: Descriptor
+    image: Image
+    stage_times: dict[str, float] = field(default_factory=dict)
+    cached_steps: int = 0
+    run_steps: int = 0
+
+
+class Executor:
+    def __init__(self, store: Store, options: BuildOptions, log: BuildLog) -> None:
+        self.store = store
+        self.options = options
+        self.log = log
+        self.snapshots = Snapshots(store)
+        self.cache = StepCache(store, ttl_seconds=options.cache_ttl_seconds)
+        self._pull_lock = threading.Lock()
+        self._counts_lock = threading.Lock()
+        self.cached_steps = 0
+        self.run_steps = 0
+        self._created = _timestamp(options.source_date_epoch)
+
+    # -- plan -----------------------------------------------------------------------------
+
+    def build(self, plan: Plan) -> BuildResult:
+        needed = plan.needed_stages()
+        futures: dict[int, Future[StageResult]] = {}
+        times: dict[str, float] = {}
+        with self.store.lock_shared(), ThreadPoolExecutor(max_workers=max(1, min(4, len(needed)))) as pool:
+            for index in needed:
+                stage = plan.stages[index]
+                futures[index] = pool.submit(self._build_stage_timed, plan, stage, futures, times)
+            result = futures[plan.target].result()
+            for f in futures.values():
+                f.result()  # surface a failure in a stage the target did not wait for
+            image = result.image
+            fmt = plan.image_format
+            image.config = for_format(image.config, fmt)
+            if self.options.labels:
+                for k, v in sorted(self.options.labels.items()):
+                    apply_change(image.config, ConfigChange("label", [k, v]))
+            desc = write_image(self.store, image, fmt)
+        return BuildResult(desc, image, times, self.cached_steps, self.run_steps)
+
+    def _build_stage_timed(self, plan: Plan, stage: Stage, futures: dict[int, Future[StageResult]], times: dict[str, float]) -> StageResult:
+        t0 = time.monotonic()
+        try:
+            return self._build_stage(plan, stage, futures)
+        finally:
+            times[stage.label] = time.monotonic() - t0
+
+    def _build_stage(self, plan: Plan, stage: Stage, futures: dict[int, Future[StageResult]]) -> StageResult:
+        image, key = self._base(plan, stage, futures)
+        total = len(stage.steps)
+        no_cache = self.options.no_cache or stage.name in self.options.no_cache_stages
+        for n, step in enumerate(stage.steps, 1):
+            label = f"[{stage.label} {n}/{total}] {step.created_by}"
+            inputs = self._cache_inputs(step, futures)
+            key = step_key(key, step, **inputs)
+            if isinstance(step, MetaStep) and not _needs_fs(step):
+                for change in step.changes:
+                    apply_change(image.config, change)
+                add_history(image.config, self._created, step.created_by, empty_layer=True)
+                continue
+            steplog = self.log.step(label)
+            record = None if no_cache else self.cache.get(key)
+            if record is not None:
+                if record.layer is not None:
+                    image.layers.append(record.layer)
+                image.config = record.config
+                steplog.cached()
+                with self._counts_lock:
+                    self.cached_steps += 1
+                continue
+            try:
+                layer = self._execute(plan, stage, step, image, futures, steplog)
+            except KilnError as e:
+                steplog.error(e.message)
+                raise
+            if layer is not None:
+                image.layers.append(layer)
+            add_history(image.config, self._created, step.created_by, empty_layer=layer is None)
+            self.cache.put(key, layer, image.config)
+            steplog.done()
+            with self._counts_lock:
+                self.run_steps += 1
+        return StageResult(image, key)
+
+    # -- bases --------------------------------------------------------------------------
+
+    def _base(self, plan: Plan, stage: Stage, futures: dict[int, Future[StageResult]]) -> tuple[Image, str]:
+        base = stage.base
+        if isinstance(base, ScratchSource):
+            img = Image()
+            img.config.architecture = plan.platform.architecture
+            img.config.os = plan.platform.os
+            img.config.variant = plan.platform.variant
+            return img, SCRATCH_KEY
+        if isinstance(base, StageSource):
+            result = futures[base.stage].result()
+            return result.image.copy(), result.key
+        steplog = self.log.step(f"[{stage.label}] FROM {base.ref}")
+        image = self.resolve_image(base.ref, plan)
+        steplog.done()
+        assert image.manifest_digest is not None
+        return image, image.manifest_digest
+
+    def resolve_image(self, ref: str, plan: Plan) -> Image:
+        """An image from the store, pulling it first when the pull policy says so."""
+        from kiln.registry.reference import Reference
+        from kiln.registry.transfer import pull
+
+        name = str(Reference.parse(ref))
+        with self._pull_lock:
+            desc = None
+            if self.options.pull != "always":
+                with contextlib.suppress(ImageNotFoundError):
+                    desc = self.store.resolve(name)
+            if desc is None:
+                if self.options.pull == "never":
+                    raise ImageNotFoundError(f"{ref}: not in the local store and pulling is disabled")
+                desc = pull(Reference.parse(ref), self.store, platform=plan.platform, options=self.options.registry)
+        image = load_image(self.store, desc, plan.platform, what=name)
+        image.config.history = image.config.history or []
+        return image
+
+    # -- cache inputs ---------------------------------------------------------------------
+
+    def _cache_inputs(self, step: Step, futures: dict[int, Future[StageResult]]) -> dict[str, str]:
+        if isinstance(step, CopyStep):
+            src = step.source_from
+            if isinstance(src, StageSource):
+                return {"source": futures[src.stage].result().key}
+            if isinstance(src, ImageSource):
+                return {"source": src.ref}
+            if step.sources:
+                from kiln.build.copy import copy_cache_digest
+
+                return {"source": copy_cache_digest(step, self._context_dir(step), self._context())}
+        if isinstance(step, RunStep):
+            out = {}
+            for i, m in enumerate(step.mounts):
+                if m.type == "bind" and isinstance(m.source_from, StageSource):
+                    out[f"mount{i}"] = futures[m.source_from.stage].result().key
+            return out
+        return {}
+
+    def _context_dir(self, step: CopyStep) -> Path:
+        if self.options.context_dir is None:
+            raise BuildError(f"line {step.line}: COPY needs a build context")
+        return self.options.context_dir
+
+    def _context(self) -> object:
+        from kiln.build.context import BuildContext
+
+        if self.options.context_dir is None:
+            return None
+        return BuildContext.for_store(self.options.context_dir, self.store)
+
+    # -- running steps ------------------------------------------------------------------
+
+    def _execute(self, plan: Plan, stage: Stage, step: Step, image: Image, futures: dict[int, Future[StageResult]], steplog: StepLog) -> Layer | None:
+        lowers = self.snapshots.ensure(self._blobs_present(image))
+        if isinstance(step, MetaStep):
+            return self._meta_with_fs(step, image, lowers)
+        if isinstance(step, CopyStep):
+            return self._copy(plan, step, image, lowers, futures)
+        from kiln.build.run_step import run_step
+
+        upper, work = self.snapshots.new_upper()
+        try:
+            run_step(self, step, image, lowers, upper, work, futures, steplog)
+            layer = self._layer_from(lambda w: write_upper_as_layer(upper, w))
+            self._adopt(image, layer, upper)
+        except BaseException:
+            discard(upper.parent)
+            raise
+        return layer
+
+    def _meta_with_fs(self, step: MetaStep, image: Image, lowers: list[Path]) -> Layer | None:
+        """WORKDIR: the directory is created (as a layer) when the image does not have it."""
+        from kiln.build.users import resolve_user
+
+        for change in step.changes:
+            apply_change(image.config, change)
+        workdir = image.config.config.working_dir or "/"
+        with merged_view(lowers, self.snapshots.scratch) as view:
+            if os.path.isdir(_inside(view, workdir)):
+                return None
+            uid, gid, _ = resolve_user(view, image.config.config.user or "root")
+        upper, _work = self.snapshots.new_upper()
+        try:
+            _mkdirs(upper, workdir, uid, gid)
+            layer = self._layer_from(lambda w: write_upper_as_layer(upper, w))
+            self._adopt(image, layer, upper)
+        except BaseException:
+            discard(upper.parent)
+            raise
+        return layer
+
+    def _copy(self, plan: Plan, step: CopyStep, image: Image, lowers: list[Path], futures: dict[int, Future[StageResult]]) -> Layer:
+        from kiln.build.context import BuildContext
+        from kiln.build.copy import write_copy_layer
+
+        with contextlib.ExitStack() as stack:
+            src_root: Path
+            context: BuildContext | None = None
+            src = step.source_from
+            if isinstance(src, StageSource):
+                other = futures[src.stage].result().image
+                src_root = stack.enter_context(merged_view(self.snapshots.ensure(self._blobs_present(other)), self.snapshots.scratch))
+            elif isinstance(src, ImageSource):
+                other = self.resolve_image(src.ref, plan)
+                src_root = stack.enter_context(merged_view(self.snapshots.ensure(other.layers), self.snapshots.scratch))
+            elif isinstance(src, ContextSource) and step.sources:
+                src_root = self._context_dir(step)
+                context = BuildContext.for_store(src_root, self.store)
+            else:
+                src_root = stack.enter_context(self._scratch_dir("nosrc-"))
+            dest = None if step.link else stack.enter_context(merged_view(lowers, self.snapshots.scratch))
+            epoch = self.options.source_date_epoch
+            layer = self._layer_from(
+                lambda w: write_copy_layer(step, src_root, dest, w, context=context, source_date_epoch=epoch)
+            )
+        self.snapshots.ensure([*image.layers, layer])
+        return layer
+
+    def _layer_from(self, fill: Callable[[LayerWriter], object]) -> Layer:
+        opts = self.options
+        with self.store.blob_writer() as blob:
+            writer = LayerWriter(cast(BinaryIO, blob), opts.compression, opts.compression_level, opts.source_date_epoch, fmt=opts.image_format)
+            with writer:
+                fill(writer)
+            info = writer.result()
+        if blob.digest != info.digest:
+            raise KilnError(f"layer writer and store disagree on a digest ({info.digest} vs {blob.digest})")
+        return Layer(info.digest, info.diff_id, info.size, info.media_type)
+
+    def _adopt(self, image: Image, layer: Layer, upper: Path) -> None:
+        chain = chain_ids([*image.layers, layer])[-1]
+        self.snapshots.adopt(upper, chain)
+
+    def _blobs_present(self, image: Image) -> list[Layer]:
+        missing = [layer for layer in image.layers if not self.store.has_blob(Digest(layer.digest))]
+        if missing:
+            raise BuildError(f"image {image.manifest_digest}: {len(missing)} layer blobs are missing from the store; pull it again")
+        return image.layers
+
+    @contextlib.contextmanager
+    def _scratch_dir(self, prefix: str) -> Iterator[Path]:
+        path = Path(tempfile.mkdtemp(dir=self.snapshots.scratch, prefix=prefix))
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+def _needs_fs(step: MetaStep) -> bool:
+    return any(c.op == "workdir" for c in step.changes)
+
+
+def _inside(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def _mkdirs(root: Path, path: str, uid: int, gid: int) -> None:
+    current = root
+    for part in [p for p in path.split("/") if p]:
+        current = current / part
+        if not current.exists():
+            current.mkdir(mode=0o755)
+            os.chmod(current, 0o755)
+            if os.geteuid() == 0:
+                os.lchown(current, uid, gid)
+
+
+def _timestamp(epoch: int | None) -> str:
+    when = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if epoch is not None else when.isoformat().replace("+00:00", "Z")
