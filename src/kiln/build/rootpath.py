@@ -59,6 +59,8 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> str:
         if part == "..":
             if done:
                 done.pop()
+            if missing:
+                missing = not os.path.lexists(root.joinpath(*done))
             continue
         if missing:
             done.append(part)
