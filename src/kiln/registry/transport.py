@@ -24,6 +24,12 @@ from kiln.registry.options import RegistryOptions
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class TransientError(RegistryError):
+    """A failure worth another try: connection reset or timeout, 429 or 5xx after the retries."""
+
+
 USER_AGENT = "kiln/0.1"
 
 
@@ -128,7 +134,7 @@ def send(
     ``build`` makes a fresh request per attempt, so bodies must be bytes. Redirects are followed
     (GET/HEAD only), with the Authorization header dropped when the host changes. After the last
     attempt a retryable status is returned to the caller; a connection failure raises
-    RegistryError. With ``retry=False`` nothing is retried (non-idempotent upload steps).
+    TransientError (RegistryError when retrying cannot help, e.g. a certificate that fails). With ``retry=False`` nothing is retried (non-idempotent upload steps).
     """
     backoff = Backoff(options)
     attempts = options.max_retries + 1 if retry else 1
@@ -137,8 +143,10 @@ def send(
         try:
             resp = _send_following(client, build(), stream=stream)
         except httpx.TransportError as e:
-            if last or not _retryable_transport_error(e):
+            if not _retryable_transport_error(e):
                 raise RegistryError(f"{what}: {describe_transport_error(e)}") from None
+            if last:
+                raise TransientError(f"{what}: {describe_transport_error(e)}") from None
             log.info("%s: %s; retrying", what, describe_transport_error(e))
             backoff.sleep(attempt)
             continue
@@ -210,4 +218,6 @@ def raise_for_status(resp: httpx.Response, what: str) -> None:
     resp.close()
     if resp.status_code in (401, 403):
         raise AuthError(msg)
+    if resp.status_code in RETRY_STATUSES:
+        raise TransientError(msg)
     raise RegistryError(msg)
