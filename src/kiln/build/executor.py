@@ -44,7 +44,7 @@ from kiln.build.snapshots import Snapshots, discard
 from kiln.errors import BuildError, ImageNotFoundError, KilnError
 from kiln.oci.digest import Digest
 from kiln.oci.layer_writer import LayerWriter
-from kiln.oci.models import Descriptor
+from kiln.oci.models import Descriptor, Platform
 from kiln.oci.store import Store
 
 SCRATCH_KEY = Digest.of(b"kiln:scratch")
@@ -158,12 +158,12 @@ class Executor:
             result = futures[base.stage].result()
             return result.image.copy(), result.key
         steplog = self.log.step(f"[{stage.label}] FROM {base.ref}")
-        image = self.resolve_image(base.ref, plan)
+        image = self.resolve_image(base.ref, plan.platform)
         steplog.done()
         assert image.manifest_digest is not None
         return image, image.manifest_digest
 
-    def resolve_image(self, ref: str, plan: Plan) -> Image:
+    def resolve_image(self, ref: str, platform: Platform) -> Image:
         """An image from the store, pulling it first when the pull policy says so."""
         from kiln.registry.reference import Reference
         from kiln.registry.transfer import pull
@@ -177,8 +177,8 @@ class Executor:
             if desc is None:
                 if self.options.pull == "never":
                     raise ImageNotFoundError(f"{ref}: not in the local store and pulling is disabled")
-                desc = pull(Reference.parse(ref), self.store, platform=plan.platform, options=self.options.registry)
-        image = load_image(self.store, desc, plan.platform, what=name)
+                desc = pull(Reference.parse(ref), self.store, platform=platform, options=self.options.registry)
+        image = load_image(self.store, desc, platform, what=name)
         image.config.history = image.config.history or []
         return image
 
@@ -268,7 +268,7 @@ class Executor:
                 other = futures[src.stage].result().image
                 src_root = stack.enter_context(merged_view(self.snapshots.ensure(self._blobs_present(other)), self.snapshots.scratch))
             elif isinstance(src, ImageSource):
-                other = self.resolve_image(src.ref, plan)
+                other = self.resolve_image(src.ref, plan.platform)
                 src_root = stack.enter_context(merged_view(self.snapshots.ensure(other.layers), self.snapshots.scratch))
             elif isinstance(src, ContextSource) and step.sources:
                 src_root = self._context_dir(step)

@@ -18,9 +18,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kiln.cli import images
+    from kiln.cli import build, images
 
     images.register(cli)
+    build.register(cli)
 
 
 def _error_line(message: str) -> None:
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         source = getattr(e, "source_line", None)
         if source:
             print(f"    {source}", file=sys.stderr)
+        tail = getattr(e, "tail", None)
+        if tail:
+            print("---- last output ----", file=sys.stderr)
+            print(tail.rstrip("\n"), file=sys.stderr)
         sys.exit(e.exit_code)
     except OSError as e:
         if debug:
