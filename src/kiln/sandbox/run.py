@@ -1,0 +1,284 @@
+"""Run one command in a sandbox: spawn the helper, stream its output, enforce the timeout.
+
+The caller must be root: real root, or uid 0 in the user namespace made by
+:func:`kiln.sandbox.userns.ensure_userns`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.errors import SandboxError
+
+from . import launch
+from .rootpath import remove_placeholder
+from .spec import ExecFailedError, OutputCallback, OverlayRootfs, ProcessResult, ProcessSpec
+
+_CHUNK = 65536
+_MAX_LINE = 65536  # a longer line without newline is passed on in pieces
+_KILL_GRACE = 10.0  # seconds the supervisor gets to empty the namespace before we kill it too
+
+
+class OutputBuffer:
+    """Splits a byte stream into lines for a callback and keeps a bounded tail."""
+
+    def __init__(self, callback: OutputCallback | None, tail_limit: int) -> None:
+        self.callback = callback
+        self.tail_limit = tail_limit
+        self._pending = b""
+        self._tail = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._tail += data
+        if len(self._tail) > self.tail_limit:
+            del self._tail[: len(self._tail) - self.tail_limit]
+        if self.callback is None:
+            return
+        self._pending += data
+        while True:
+            newline = self._pending.find(b"\n")
+            if newline < 0:
+                if len(self._pending) >= _MAX_LINE:
+                    self.callback(self._pending)
+                    self._pending = b""
+                return
+            line, self._pending = self._pending[: newline + 1], self._pending[newline + 1 :]
+            self.callback(line)
+
+    def close(self) -> None:
+        if self.callback is not None and self._pending:
+            self.callback(self._pending)
+        self._pending = b""
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._tail)
+
+
+@dataclass
+class _Reports:
+    pid1: int | None = None
+    exit: int | None = None
+    signal: int | None = None
+    init_signal: int | None = None
+    error: str | None = None
+    error_code: int = 125
+    error_kind: str = "setup"
+    placeholders: list[str] = field(default_factory=list)
+    _partial: bytes = b""
+
+    def feed(self, data: bytes) -> None:
+        self._partial += data
+        *lines, self._partial = self._partial.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._apply(json.loads(line))
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        if "pid1" in message:
+            self.pid1 = int(message["pid1"])
+        if "placeholder" in message:
+            self.placeholders.append(str(message["placeholder"]))
+        if "exit" in message:
+            self.exit = int(message["exit"])
+        if "signal" in message:
+            self.signal = int(message["signal"])
+        if "init_signal" in message:
+            self.init_signal = int(message["init_signal"])
+        if "error" in message and self.error is None:
+            self.error = str(message["error"])
+            self.error_code = int(message.get("code", 125))
+            self.error_kind = str(message.get("kind", "setup"))
+
+
+def run(spec: ProcessSpec) -> ProcessResult:
+    """Run ``spec`` to completion and report how it ended.
+
+    Raises :class:`ExecFailedError` if the command could not be started and :class:`SandboxError`
+    if the sandbox could not be built. A timeout kills every process of the sandbox and returns
+    a result with ``timed_out`` set. KeyboardInterrupt (or any exception from ``on_output``) kills
+    the sandbox too, waits until it is gone, then propagates.
+    """
+    spec.validate()
+    if os.geteuid() != 0:
+        raise SandboxError("sandbox: kiln must run as root or inside its user namespace (ensure_userns)")
+    staging = tempfile.mkdtemp(prefix="kiln-sandbox-")
+    try:
+        os.mkdir(os.path.join(staging, "root"), 0o755)
+        os.mkdir(os.path.join(staging, "scaffold"), 0o755)
+        return _run_staged(spec, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _spec_fd(spec: ProcessSpec) -> int:
+    fd = os.memfd_create("kiln-sandbox-spec", 0)
+    os.write(fd, spec.dumps())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _run_staged(spec: ProcessSpec, staging: str) -> ProcessResult:
+    started = time.monotonic()
+    deadline = None if spec.timeout is None else started + spec.timeout
+    out_r, out_w = os.pipe()
+    report_r, report_w = os.pipe()
+    spec_fd = _spec_fd(spec)
+    stdin_r, stdin_w = os.pipe() if spec.stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
+    try:
+        proc = subprocess.Popen(
+            launch.python_argv("kiln.sandbox.init", str(spec_fd), str(report_w), str(os.getpid()), staging),
+            stdin=stdin_r,
+            stdout=out_w,
+            stderr=out_w,
+            pass_fds=(spec_fd, report_w),
+            start_new_session=True,  # a ^C at kiln's terminal goes to kiln only; kiln kills the sandbox
+            cwd="/",
+            env={"LC_ALL": "C.UTF-8"},
+        )
+    except OSError as exc:
+        for fd in (out_r, report_r, stdin_w):
+            if fd >= 0:
+                os.close(fd)
+        raise SandboxError(f"cannot start the sandbox helper: {exc}") from exc
+    finally:
+        for fd in (out_w, report_w, spec_fd, stdin_r):
+            os.close(fd)
+    output = OutputBuffer(spec.on_output, spec.tail_limit)
+    reports = _Reports()
+    timed_out = False
+    try:
+        timed_out = _pump(proc, out_r, report_r, stdin_w, spec.stdin or b"", deadline, output, reports)
+    except BaseException:
+        _kill(proc)
+        raise
+    finally:
+        output.close()
+        for fd in (out_r, report_r):
+            os.close(fd)
+        _cleanup_placeholders(spec, reports.placeholders)
+    duration = time.monotonic() - started
+    return _result(proc, reports, output.tail, timed_out, duration)
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    out_r: int,
+    report_r: int,
+    stdin_w: int,
+    stdin_data: bytes,
+    deadline: float | None,
+    output: OutputBuffer,
+    reports: _Reports,
+) -> bool:
+    """Move bytes until output and reports reach EOF (the sandbox is gone). True if timed out."""
+    timed_out = False
+    kill_deadline: float | None = None
+    with selectors.DefaultSelector() as sel:
+        handlers: dict[int, Callable[[bytes], None]] = {out_r: output.feed, report_r: reports.feed}
+        for fd in handlers:
+            sel.register(fd, selectors.EVENT_READ)
+        if stdin_w >= 0:
+            os.set_blocking(stdin_w, False)
+            sel.register(stdin_w, selectors.EVENT_WRITE)
+        offset = 0
+        while handlers:
+            next_deadline = kill_deadline if timed_out else deadline
+            events = sel.select(None if next_deadline is None else max(0.0, next_deadline - time.monotonic()))
+            if not events and next_deadline is not None and time.monotonic() >= next_deadline:
+                if timed_out:
+                    _kill_group(proc)  # the supervisor did not finish in time
+                    kill_deadline = None
+                else:
+                    timed_out = True
+                    _request_kill(proc)
+                    kill_deadline = time.monotonic() + _KILL_GRACE
+                continue
+            for key, _ in events:
+                fd = key.fd
+                if fd == stdin_w:
+                    try:
+                        offset += os.write(stdin_w, stdin_data[offset : offset + _CHUNK])
+                    except (BrokenPipeError, BlockingIOError) as exc:
+                        if isinstance(exc, BlockingIOError):
+                            continue
+                        offset = len(stdin_data)
+                    if offset >= len(stdin_data):
+                        sel.unregister(stdin_w)
+                        os.close(stdin_w)
+                        stdin_w = -1
+                    continue
+                data = os.read(fd, _CHUNK)
+                if data:
+                    handlers[fd](data)
+                else:
+                    sel.unregister(fd)
+                    del handlers[fd]
+        if stdin_w >= 0:
+            os.close(stdin_w)
+    proc.wait()
+    return timed_out
+
+
+def _request_kill(proc: subprocess.Popen[bytes]) -> None:
+    """Ask the supervisor to SIGKILL PID 1 (and so the namespace); it exits once all are gone."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the sandbox and wait until none of its processes is left."""
+    _request_kill(proc)
+    try:
+        proc.wait(_KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Last resort when the supervisor is stuck: SIGKILL it and PID 1 (its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _cleanup_placeholders(spec: ProcessSpec, placeholders: list[str]) -> None:
+    base = spec.rootfs.upperdir if isinstance(spec.rootfs, OverlayRootfs) else spec.rootfs
+    for rel in reversed(placeholders):  # children before their parents
+        remove_placeholder(base, rel)
+
+
+def _result(
+    proc: subprocess.Popen[bytes], reports: _Reports, tail: bytes, timed_out: bool, duration: float
+) -> ProcessResult:
+    placeholders = tuple(reports.placeholders)
+    if timed_out:
+        return ProcessResult(128 + signal.SIGKILL, signal.SIGKILL, True, tail, duration, placeholders)
+    if reports.error is not None:
+        if reports.error_kind == "exec":
+            raise ExecFailedError(reports.error, reports.error_code)
+        raise SandboxError(reports.error)
+    if reports.signal is not None:
+        return ProcessResult(128 + reports.signal, reports.signal, False, tail, duration, placeholders)
+    if reports.exit is not None:
+        return ProcessResult(reports.exit, None, False, tail, duration, placeholders)
+    if reports.init_signal is not None:
+        # Someone outside kiln killed the sandbox's PID 1.
+        sig = reports.init_signal
+        return ProcessResult(128 + sig, sig, False, tail, duration, placeholders)
+    detail = tail.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+    raise SandboxError(f"sandbox helper failed: {detail[0]}")
