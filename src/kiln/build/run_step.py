@@ -22,8 +22,8 @@ from kiln.build.snapshots import discard
 from kiln.build.users import resolve_user
 from kiln.errors import BuildError
 from kiln.oci.digest import Digest
+from kiln.sandbox.process import run as run_process
 from kiln.sandbox.rootpath import resolve_in_root
-from kiln.sandbox.run import run as run_process
 from kiln.sandbox.spec import Mount, OverlayRootfs, ProcessSpec
 
 if TYPE_CHECKING:

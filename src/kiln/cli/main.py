@@ -18,10 +18,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kiln.cli import build, images
+    from kiln.cli import build, images, run
 
     images.register(cli)
     build.register(cli)
+    run.register(cli)
 
 
 def _error_line(message: str) -> None:
