@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -44,6 +45,8 @@ class Session:
             return credentials.lookup(name, repository, options)
 
         self.auth = Authenticator(self.http, options, credential_source or lookup)
+        # One /v2/ ping per registry even when several blob threads start at once.
+        self.ping_lock = threading.Lock()
 
     def client(self, ref: Reference, *, push: bool = False, mount_from: Iterable[str] = ()) -> RegistryClient:
         """A client for ``ref``'s repository; ``mount_from`` names repositories to mount blobs from."""
@@ -115,7 +118,12 @@ class RegistryClient:
         auth = self.session.auth
         if auth.knows(self.host):
             return
-        http = self.session.http
+        with self.session.ping_lock:
+            if not auth.knows(self.host):
+                self._ping_now(what)
+
+    def _ping_now(self, what: str) -> None:
+        auth, http = self.session.auth, self.session.http
         resp = send(
             http,
             lambda: http.build_request("GET", f"{self.base}/v2/"),
