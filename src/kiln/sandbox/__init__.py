@@ -5,7 +5,7 @@
 """
 
 from .idmap import IdRange, Mapping
-from .run import run
+from .process import run
 from .spec import ExecFailedError, Mount, OverlayRootfs, ProcessResult, ProcessSpec
 from .userns import ensure_userns, in_userns_mapping, run_in_userns
 

@@ -1,6 +1,6 @@
 """The sandbox helper process: ``init SPEC_FD REPORT_FD PARENT_PID STAGING``.
 
-Started by :func:`kiln.sandbox.run.run` as ``python -I -S`` (standard library only). Three
+Started by :func:`kiln.sandbox.process.run` as ``python -I -S`` (standard library only). Three
 processes take part:
 
 * the *supervisor* (this process, in kiln's PID namespace) unshares a PID namespace, forks its

@@ -52,7 +52,10 @@ class Mount:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Mount:
-        return cls(data["type"], data["target"], data["source"], bool(data["readonly"]), tuple(data["options"]))
+        kind: Literal["bind", "tmpfs"] = "tmpfs" if data["type"] == "tmpfs" else "bind"
+        return cls(
+            kind, data["target"], data.get("source"), bool(data.get("readonly", False)), tuple(data.get("options", ()))
+        )
 
 
 @dataclass(frozen=True)
@@ -149,26 +152,30 @@ class ProcessSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProcessSpec:
+        """Inverse of :meth:`to_json`; missing keys take their defaults, plus ``timeout``/``stdin``."""
         raw_root = data["rootfs"]
         rootfs = OverlayRootfs.from_json(raw_root) if isinstance(raw_root, dict) else str(raw_root)
-        capabilities = data["capabilities"]
-        return cls(
-            rootfs=rootfs,
-            argv=list(data["argv"]),
-            env=dict(data["env"]),
-            cwd=data["cwd"],
-            uid=int(data["uid"]),
-            gid=int(data["gid"]),
-            additional_gids=[int(g) for g in data["additional_gids"]],
-            mounts=[Mount.from_json(m) for m in data["mounts"]],
-            network=data["network"],
-            hostname=data["hostname"],
-            read_only_rootfs=bool(data["read_only_rootfs"]),
-            capabilities=None if capabilities is None else tuple(capabilities),
-            mask_proc=bool(data["mask_proc"]),
-            etc_hosts=data["etc_hosts"],
-            resolv_conf=data["resolv_conf"],
-        )
+        spec = cls(rootfs=rootfs, argv=[str(a) for a in data["argv"]])
+        spec.env = {str(k): str(v) for k, v in data.get("env", {}).items()}
+        spec.cwd = str(data.get("cwd", spec.cwd))
+        spec.uid = int(data.get("uid", spec.uid))
+        spec.gid = int(data.get("gid", spec.gid))
+        spec.additional_gids = [int(g) for g in data.get("additional_gids", [])]
+        spec.mounts = [Mount.from_json(m) for m in data.get("mounts", [])]
+        spec.network = "none" if data.get("network") == "none" else "host"
+        spec.hostname = str(data.get("hostname", spec.hostname))
+        spec.read_only_rootfs = bool(data.get("read_only_rootfs", False))
+        if "capabilities" in data:
+            caps = data["capabilities"]
+            spec.capabilities = None if caps is None else tuple(str(c) for c in caps)
+        spec.mask_proc = bool(data.get("mask_proc", True))
+        spec.etc_hosts = data.get("etc_hosts", spec.etc_hosts)
+        spec.resolv_conf = data.get("resolv_conf", spec.resolv_conf)
+        if data.get("timeout") is not None:
+            spec.timeout = float(data["timeout"])
+        if data.get("stdin") is not None:
+            spec.stdin = str(data["stdin"]).encode()
+        return spec
 
     def dumps(self) -> bytes:
         return json.dumps(self.to_json()).encode()
