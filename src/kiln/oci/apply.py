@@ -1,11 +1,10 @@
 """Safe layer apply: unpack a layer onto a root file system directory, hostile input or not.
 
-Paths are resolved with chroot semantics, the way container runtimes do: every component is
-opened relative to a directory fd with O_NOFOLLOW, and a symlink met on the way is read and
-resolved again *inside* the root (an absolute target restarts at the root, '..' stops at
-it). So a layer with `a -> /etc` and then `a/passwd` writes `<root>/etc/passwd`, which real
-images need (later layers write through `/bin -> usr/bin`), and nothing outside the root is
-ever opened. The last component is never followed: an existing entry there is replaced.
+Paths are resolved with chroot semantics (see rootdir.py), the way container runtimes do:
+a symlink met on the way is resolved again *inside* the root. So a layer with `a -> /etc`
+and then `a/passwd` writes `<root>/etc/passwd`, which real images need (later layers write
+through `/bin -> usr/bin`), and nothing outside the root is ever opened. The last component
+is never followed: an existing entry there is replaced (a directory stays for a directory).
 
 Refused with LayerError (naming layer and entry): names that climb out of the root lexically
 (`a/../../x`), whiteouts of such names, hardlinks to such names, to directories or to nothing.
@@ -31,15 +30,28 @@ from kiln.errors import LayerError
 from kiln.oci.digest import BLOCK_SIZE, Digest
 from kiln.oci.layer import BadNameError, EntryType, TarEntry, encode_name, normalize_name, split_whiteout
 from kiln.oci.layer_reader import iter_layer
+from kiln.oci.rootdir import (
+    DIR_FLAGS,
+    PATH_MAX,
+    RealPath,
+    RootDir,
+    RootPathError,
+    list_dir,
+    remove_tree,
+    walk_keeping,
+)
 
 log = logging.getLogger(__name__)
 
-_PATH_MAX = 4096
-_MAX_SYMLINK_HOPS = 40
-_O_DIR = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-RealPath = tuple[str, ...]
+#: Opaque marker of overlayfs mounted with `userxattr` (how kiln mounts it, rootless or not).
+OVERLAY_OPAQUE_XATTR = "user.overlay.opaque"
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
+def _is_overlay_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 @dataclass
@@ -66,9 +78,12 @@ def in_user_namespace() -> bool:
 
 
 class _Applier:
-    def __init__(self, root: Path, layer: str, preserve_owner: bool) -> None:
+    def __init__(self, root: Path, layer: str, preserve_owner: bool, whiteouts: str) -> None:
+        if whiteouts not in ("apply", "overlay"):
+            raise ValueError(f"whiteouts must be 'apply' or 'overlay', not {whiteouts!r}")
+        self.overlay = whiteouts == "overlay"
         self.layer = layer
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.tree = RootDir(root)
         self.chown = preserve_owner and os.geteuid() == 0
         self.real_root = os.geteuid() == 0 and not in_user_namespace()
         self.stats = ApplyStats()
@@ -76,7 +91,6 @@ class _Applier:
         self.ancestors: set[RealPath] = set()
         self.dirs: dict[RealPath, tuple[int, int]] = {}
         self.skipped: set[RealPath] = set()
-        self._cache: dict[tuple[str, ...], tuple[int, RealPath]] = {}
         self.entry = ""
 
     def fail(self, reason: str) -> LayerError:
@@ -88,117 +102,21 @@ class _Applier:
         self.stats.warnings.append(message)
 
     def close(self) -> None:
-        self._invalidate()
-        os.close(self.root_fd)
-
-    # -- path resolution inside the root ---------------------------------------------------
-
-    def _invalidate(self) -> None:
-        """Forget resolved directories: call after anything is removed or replaced."""
-        for fd, _ in self._cache.values():
-            os.close(fd)
-        self._cache.clear()
+        self.tree.close()
 
     def _mark(self, path: RealPath) -> None:
         self.created.add(path)
         for i in range(len(path)):
             self.ancestors.add(path[:i])
 
+    def _kept(self, path: RealPath) -> bool:
+        return path in self.created or path in self.ancestors
+
     def resolve_dir(self, parts: tuple[str, ...], *, create: bool) -> tuple[int, RealPath] | None:
-        """(new fd, real path) of the directory `parts` names, symlinks resolved in the root.
-
-        Missing directories are made (0755) when `create`, else the answer is None.
-        """
-        if parts in self._cache:
-            cached_fd, cached_real = self._cache[parts]
-            return os.dup(cached_fd), cached_real
-        todo = list(reversed(parts))
-        fds: list[int] = []
-        real: list[str] = []
-        hops = 0
         try:
-            while todo:
-                part = todo.pop()
-                if part in ("", "."):
-                    continue
-                if part == "..":
-                    if real:
-                        real.pop()
-                        os.close(fds.pop())
-                    continue
-                at = fds[-1] if fds else self.root_fd
-                try:
-                    st = os.stat(part, dir_fd=at, follow_symlinks=False)
-                except FileNotFoundError:
-                    if not create:
-                        return None
-                    os.mkdir(part, 0o755, dir_fd=at)
-                    os.chmod(part, 0o755, dir_fd=at)  # whatever the umask
-                    self._mark((*real, part))
-                else:
-                    if stat.S_ISLNK(st.st_mode):
-                        hops += 1
-                        if hops > _MAX_SYMLINK_HOPS:
-                            raise self.fail("too many levels of symbolic links")
-                        target = os.readlink(part, dir_fd=at)
-                        if target.startswith("/"):
-                            while fds:
-                                os.close(fds.pop())
-                            real.clear()
-                        todo.extend(reversed(target.split("/")))
-                        continue
-                    if not stat.S_ISDIR(st.st_mode):
-                        raise self.fail(f"/{'/'.join((*real, part))} is not a directory")
-                fds.append(os.open(part, os.O_PATH | _O_DIR, dir_fd=at))
-                real.append(part)
-            fd = fds.pop() if fds else os.open(".", os.O_PATH | _O_DIR, dir_fd=self.root_fd)
-        finally:
-            for extra in fds:
-                os.close(extra)
-        if len(self._cache) >= 256:
-            self._invalidate()
-        self._cache[parts] = (fd, tuple(real))
-        return os.dup(fd), tuple(real)
-
-    def _open_real(self, path: RealPath) -> int | None:
-        """An O_RDONLY fd of a directory by its real path, following nothing; None if gone."""
-        fd = os.dup(self.root_fd)
-        try:
-            for part in path:
-                try:
-                    nxt = os.open(part, os.O_RDONLY | _O_DIR, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        os.close(fd)
-                        return None
-                    raise
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    # -- removal ------------------------------------------------------------------------------
-
-    def _remove_tree(self, parent: int, name: str) -> None:
-        """Remove a directory tree without following symlinks, iteratively (any depth)."""
-        top = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=parent)
-        stack: list[tuple[int, str, list[str]]] = [(top, name, os.listdir(top))]
-        while stack:
-            fd, dname, children = stack[-1]
-            if children:
-                child = children.pop()
-                st = os.stat(child, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    cfd = os.open(child, os.O_RDONLY | _O_DIR, dir_fd=fd)
-                    stack.append((cfd, child, os.listdir(cfd)))
-                else:
-                    os.unlink(child, dir_fd=fd)
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(dname, dir_fd=stack[-1][0] if stack else parent)
+            return self.tree.resolve_dir(parts, create=create, on_create=self._mark)
+        except RootPathError as err:
+            raise self.fail(str(err)) from None
 
     def _purge(self, parent: int, name: str, path: RealPath) -> None:
         """Remove what lower layers have at `path`, keeping everything this layer wrote."""
@@ -206,55 +124,38 @@ class _Applier:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return
-        keep = path in self.created or path in self.ancestors
         if not stat.S_ISDIR(st.st_mode):
             if path not in self.created:
                 os.unlink(name, dir_fd=parent)
-            return
-        if not keep:
-            self._remove_tree(parent, name)
-            return
-        # A directory this layer wrote into: descend and purge only the lower entries.
-        top = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=parent)
-        stack: list[tuple[int, RealPath, list[str]]] = [(top, path, os.listdir(top))]
-        while stack:
-            fd, dpath, children = stack[-1]
-            if not children:
-                os.close(fd)
-                stack.pop()
-                continue
-            child = children.pop()
-            cpath = (*dpath, child)
-            cst = os.stat(child, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(cst.st_mode):
-                if cpath in self.created or cpath in self.ancestors:
-                    cfd = os.open(child, os.O_RDONLY | _O_DIR, dir_fd=fd)
-                    stack.append((cfd, cpath, os.listdir(cfd)))
-                else:
-                    self._remove_tree(fd, child)
-            elif cpath not in self.created:
-                os.unlink(child, dir_fd=fd)
+        elif self._kept(path):
+            walk_keeping(parent, name, path, self._kept)
+        else:
+            remove_tree(parent, name)
 
-    def _clear_leaf(self, parent: int, leaf: str, *, for_dir: bool) -> bool:
-        """Make room for a new entry; True when an existing directory is kept for a dir entry."""
+    def _clear_leaf(self, parent: int, leaf: str, *, for_dir: bool) -> os.stat_result | None:
+        """Make room for a new entry (a directory stays for a dir entry); returns what was there."""
         try:
             st = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return None
         if stat.S_ISDIR(st.st_mode):
             if for_dir:
-                return True
-            self._remove_tree(parent, leaf)
+                return st
+            remove_tree(parent, leaf)
         else:
             os.unlink(leaf, dir_fd=parent)
         if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            self._invalidate()  # cached resolutions may have gone through it
-        return False
+            self.tree.invalidate()  # cached resolutions may have gone through it
+        return st
 
     # -- metadata -------------------------------------------------------------------------------
 
     def _set_xattrs(self, target: int | str, e: TarEntry) -> None:
         for key, value in sorted(e.xattrs.items()):
+            if key.startswith(_OVERLAY_XATTR_PREFIXES):
+                # overlayfs would obey them (redirects, opaque dirs): a layer may not carry them.
+                self.warn(f"xattr {key} dropped")
+                continue
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
@@ -297,16 +198,16 @@ class _Applier:
             whiteout = split_whiteout(name)
         except BadNameError as err:
             raise self.fail(str(err)) from None
-        if len(encode_name(name)) > _PATH_MAX:
-            raise self.fail(f"name longer than {_PATH_MAX} bytes")
+        if len(encode_name(name)) > PATH_MAX:
+            raise self.fail(f"name longer than {PATH_MAX} bytes")
         if whiteout is not None:
             self._whiteout(*whiteout)
             return
         if not name:
             if e.type is not EntryType.DIR:
                 raise self.fail("a non-directory entry names the root")
-            self._chown(e, self.root_fd)
-            self._set_xattrs(self.root_fd, e)
+            self._chown(e, self.tree.fd)
+            self._set_xattrs(self.tree.fd, e)
             self.dirs[()] = (e.mode, e.mtime)
             return
         dirname, _, leaf = name.rpartition("/")
@@ -325,7 +226,7 @@ class _Applier:
         if e.type in (EntryType.CHAR, EntryType.BLOCK) and not self.real_root:
             self._skip(path, "device node skipped: creating devices needs real root, not a user namespace")
             return
-        kept = self._clear_leaf(parent, leaf, for_dir=e.type is EntryType.DIR)
+        prev = self._clear_leaf(parent, leaf, for_dir=e.type is EntryType.DIR)
         self._mark(path)
         proc_path = f"/proc/self/fd/{parent}/{leaf}"
         if e.type is EntryType.FILE:
@@ -344,9 +245,11 @@ class _Applier:
                 os.close(fd)
             self.stats.files += 1
         elif e.type is EntryType.DIR:
-            if not kept:
+            if prev is None or not stat.S_ISDIR(prev.st_mode):
                 os.mkdir(leaf, 0o700, dir_fd=parent)
-            fd = os.open(leaf, os.O_RDONLY | _O_DIR, dir_fd=parent)
+            if self.overlay and prev is not None and _is_overlay_whiteout(prev):
+                self._set_opaque(parent, leaf)  # a new directory where a lower one was deleted
+            fd = os.open(leaf, os.O_RDONLY | DIR_FLAGS, dir_fd=parent)
             try:
                 self._chown(e, fd)
                 self._set_xattrs(fd, e)
@@ -427,18 +330,16 @@ class _Applier:
             return  # aufs bookkeeping
         self.stats.whiteouts += 1
         parts = tuple(target.split("/")) if target else ()
+        if self.overlay:
+            self._overlay_whiteout(kind, parts)
+            return
         if kind == "opaque":
             resolved = self.resolve_dir(parts, create=False)
             if resolved is None:
                 return
             fd, real = resolved
             try:
-                listing = os.open(".", os.O_RDONLY | _O_DIR, dir_fd=fd)
-                try:
-                    children = os.listdir(listing)
-                finally:
-                    os.close(listing)
-                for child in children:
+                for child in list_dir(fd, "."):
                     self._purge(fd, child, (*real, child))
             finally:
                 os.close(fd)
@@ -451,14 +352,44 @@ class _Applier:
                 self._purge(fd, parts[-1], (*real, parts[-1]))
             finally:
                 os.close(fd)
-        self._invalidate()
+        self.tree.invalidate()
+
+    def _overlay_whiteout(self, kind: str, parts: tuple[str, ...]) -> None:
+        """Record a whiteout the way overlayfs does; the lower layers live in other directories."""
+        resolved = self.resolve_dir(parts if kind == "opaque" else parts[:-1], create=True)
+        assert resolved is not None
+        fd, _ = resolved
+        try:
+            if kind == "opaque":
+                self._set_opaque(fd, ".")
+                return
+            try:
+                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mknod(parts[-1], stat.S_IFCHR, os.makedev(0, 0), dir_fd=fd)
+                return
+            # This layer wrote the path itself: a non-directory hides the lower one already,
+            # a directory must not show the lower one's contents through.
+            if stat.S_ISDIR(st.st_mode):
+                self._set_opaque(fd, parts[-1])
+        finally:
+            os.close(fd)
+
+    def _set_opaque(self, parent: int, name: str) -> None:
+        fd = os.open(name, os.O_RDONLY | DIR_FLAGS, dir_fd=parent)
+        try:
+            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+        except OSError as err:
+            raise self.fail(f"cannot mark a directory opaque for overlayfs: {err.strerror}") from None
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         """Directory modes and mtimes, deepest first so search permission lasts until the end."""
         self.entry = ""
         for path in sorted(self.dirs, key=len, reverse=True):
             mode, mtime = self.dirs[path]
-            fd = self._open_real(path)
+            fd = self.tree.open_real(path)
             if fd is None:
                 continue  # removed or replaced later in the layer
             try:
@@ -476,14 +407,19 @@ def apply_layer(
     layer_name: str,
     preserve_owner: bool = True,
     diff_id: Digest | None = None,
+    whiteouts: str = "apply",
 ) -> ApplyStats:
     """Unpack one layer onto `root`, honouring whiteouts; see the module doc for the rules.
 
     Ownership is kept (lchown) only when `preserve_owner` and the effective uid is 0 (real
     root or root of a user namespace). Device nodes need real root and are otherwise skipped
     with a warning. On LayerError the root may hold part of the layer, never anything outside.
+
+    `whiteouts="apply"` deletes what whiteouts name from `root` (a flattened rootfs);
+    `"overlay"` unpacks one layer into its own (empty) directory in overlayfs's format:
+    whiteouts become 0:0 character devices and opaque directories get `user.overlay.opaque`.
     """
-    applier = _Applier(root, layer_name, preserve_owner)
+    applier = _Applier(root, layer_name, preserve_owner, whiteouts)
     try:
         for entry, content in iter_layer(stream, compression, layer_name=layer_name, diff_id=diff_id):
             try:

