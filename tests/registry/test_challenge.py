@@ -31,7 +31,9 @@ def test_several_challenges_and_commas_in_quotes() -> None:
 
 
 def test_case_spacing_and_escapes() -> None:
-    [c] = parse_challenges('BEARER  Realm = "x\\"y"  ,  SERVICE=s,scope="repository:a:pull repository:b:pull"')
+    [c] = parse_challenges(
+        'BEARER  Realm = "x\\"y"  ,  SERVICE=s,scope="repository:a:pull repository:b:pull"'
+    )
     assert c.scheme == "bearer"
     assert c.realm == 'x"y'
     assert c.service == "s"

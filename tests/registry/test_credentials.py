@@ -92,7 +92,9 @@ def test_username_password_and_identitytoken(clean_env: Path) -> None:
     assert lookup("reg.example.com", "x", RegistryOptions()) == Credential(identity_token="idtok")
 
 
-def test_docker_config_env_and_option(clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docker_config_env_and_option(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_json(tmp_path / "env/config.json", {"auths": {"r.io": {"auth": b64("env:1")}}})
     write_json(tmp_path / "opt/config.json", {"auths": {"r.io": {"auth": b64("opt:2")}}})
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "env"))
@@ -104,7 +106,9 @@ def test_containers_auth_files_precede_docker_config(
     clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_json(clean_env / ".docker/config.json", {"auths": {"r.io": {"auth": b64("docker:0")}}})
-    runtime = write_json(tmp_path / "run/containers/auth.json", {"auths": {"r.io": {"auth": b64("runtime:1")}}})
+    runtime = write_json(
+        tmp_path / "run/containers/auth.json", {"auths": {"r.io": {"auth": b64("runtime:1")}}}
+    )
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     assert lookup("r.io", "x", RegistryOptions()) == Credential("runtime", "1")
     env_file = write_json(tmp_path / "auth.json", {"auths": {"r.io": {"auth": b64("envfile:2")}}})
@@ -135,7 +139,10 @@ def test_cred_helpers_and_creds_store(clean_env: Path, helper_dir: Path) -> None
     write_json(
         clean_env / ".docker/config.json",
         {
-            "auths": {"helped.example.com": {"auth": b64("file:ignored")}, "plain.example.com": {"auth": b64("f:1")}},
+            "auths": {
+                "helped.example.com": {"auth": b64("file:ignored")},
+                "plain.example.com": {"auth": b64("f:1")},
+            },
             "credHelpers": {"helped.example.com": "test"},
         },
     )

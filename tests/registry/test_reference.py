@@ -17,14 +17,28 @@ VALID = [
     ("user/app", "docker.io", "user/app", "latest", None, "docker.io/user/app:latest"),
     ("docker.io/busybox", "docker.io", "library/busybox", "latest", None, "docker.io/library/busybox:latest"),
     ("index.docker.io/user/app:v1", "docker.io", "user/app", "v1", None, "docker.io/user/app:v1"),
-    ("registry-1.docker.io/library/x", "docker.io", "library/x", "latest", None, "docker.io/library/x:latest"),
+    (
+        "registry-1.docker.io/library/x",
+        "docker.io",
+        "library/x",
+        "latest",
+        None,
+        "docker.io/library/x:latest",
+    ),
     (f"busybox@{D}", "docker.io", "library/busybox", None, D, f"docker.io/library/busybox@{D}"),
     (f"busybox:1@{D}", "docker.io", "library/busybox", "1", D, f"docker.io/library/busybox:1@{D}"),
     ("localhost:5000/a", "localhost:5000", "a", "latest", None, "localhost:5000/a:latest"),
     ("localhost/a/b:t", "localhost", "a/b", "t", None, "localhost/a/b:t"),
     ("127.0.0.1:5000/x", "127.0.0.1:5000", "x", "latest", None, "127.0.0.1:5000/x:latest"),
     ("[::1]:5000/x:y", "[::1]:5000", "x", "y", None, "[::1]:5000/x:y"),
-    ("quay.io/org/team/app:v1.2-rc_3", "quay.io", "org/team/app", "v1.2-rc_3", None, "quay.io/org/team/app:v1.2-rc_3"),
+    (
+        "quay.io/org/team/app:v1.2-rc_3",
+        "quay.io",
+        "org/team/app",
+        "v1.2-rc_3",
+        None,
+        "quay.io/org/team/app:v1.2-rc_3",
+    ),
     ("ghcr.io/a__b/c-d.e---f", "ghcr.io", "a__b/c-d.e---f", "latest", None, "ghcr.io/a__b/c-d.e---f:latest"),
     ("Example.COM/x", "Example.COM", "x", "latest", None, "Example.COM/x:latest"),
     ("x:" + "T" * 128, "docker.io", "library/x", "T" * 128, None, "docker.io/library/x:" + "T" * 128),
@@ -57,7 +71,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("text", "registry", "repository", "tag", "digest", "full"), VALID)
-def test_valid(text: str, registry: str, repository: str, tag: str | None, digest: str | None, full: str) -> None:
+def test_valid(
+    text: str, registry: str, repository: str, tag: str | None, digest: str | None, full: str
+) -> None:
     ref = Reference.parse(text)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
     assert str(ref) == full
