@@ -1,0 +1,95 @@
+"""Fixtures for sandbox tests: tiny busybox root filesystems and process-table checks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def make_busybox_rootfs(root: Path, *, mountpoints: bool = True, owner: tuple[int, int] | None = None) -> Path:
+    """bin/busybox plus a symlink per applet, /etc/passwd and /etc/group, /tmp.
+
+    ``mountpoints=False`` leaves out /proc, /dev, /sys and /etc/hosts-style files so the sandbox
+    has to create (and later remove) them.
+    """
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in APPLETS:
+        if applet != "busybox":
+            os.symlink("busybox", root / "bin" / applet)
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nextra:x:2000:user\n")
+    tmp = root / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    if mountpoints:
+        for d in ("proc", "dev", "sys"):
+            (root / d).mkdir()
+    if owner is not None:
+        for dirpath, dirnames, filenames in os.walk(root):
+            os.lchown(dirpath, *owner)
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), *owner)
+    return root
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    """A busybox root filesystem owned by root (for tests that run the sandbox in-process)."""
+    return make_busybox_rootfs(tmp_path / "rootfs")
+
+
+@pytest.fixture
+def marker() -> str:
+    """A unique string to recognise this test's processes in the host's process table."""
+    return f"kilnmark{uuid.uuid4().hex[:12]}"
+
+
+def unique_sleep(marker: str) -> str:
+    """A sleep argument whose digits make the process findable; sleeps about 1000 s."""
+    digits = "".join(c for c in marker if c.isdigit())[:6] or "1"
+    return f"1000.{digits}"
+
+
+def host_processes_matching(needle: str) -> list[int]:
+    """PIDs of host processes whose command line contains ``needle`` (zombies included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def host_mounts_matching(pattern: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if re.search(pattern, line)]
+
+
+def wait_until(check: Callable[[], bool], attempts: int = 200) -> bool:
+    """Poll ``check`` (every 50 ms, 10 s at most) for effects that are asynchronous by design."""
+    import time
+
+    for _ in range(attempts):
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
