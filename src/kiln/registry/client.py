@@ -25,7 +25,15 @@ from kiln.registry import credentials
 from kiln.registry.auth import Authenticator, CredentialSource, repository_scope
 from kiln.registry.options import RegistryOptions
 from kiln.registry.reference import DOCKER_HUB, DOCKER_HUB_API, Reference
-from kiln.registry.transport import base_url, make_http_client, raise_for_status, send
+from kiln.registry.transport import (
+    Backoff,
+    TransientError,
+    base_url,
+    describe_transport_error,
+    make_http_client,
+    raise_for_status,
+    send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,28 +193,34 @@ class RegistryClient:
 
     def get_manifest(self, identifier: str, what: str) -> tuple[bytes, str, Digest]:
         """Raw bytes, media type and verified digest of a manifest or index."""
-        resp = self.request(
-            "GET",
-            self.url(f"manifests/{identifier}"),
-            what=what,
-            headers={"Accept": mt.ACCEPT_MANIFESTS},
-            stream=True,
-        )
-        try:
-            raise_for_status(resp, what)
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > MAX_MANIFEST_SIZE:
-                    raise ManifestError(f"{what}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
-                chunks.append(chunk)
-        except httpx.TransportError as e:
-            raise RegistryError(
-                f"{what}: connection failed while reading the manifest: {type(e).__name__}"
-            ) from None
-        finally:
-            resp.close()
+        backoff = Backoff(self.session.options)
+        for attempt in range(self.session.options.max_retries + 1):
+            resp = self.request(
+                "GET",
+                self.url(f"manifests/{identifier}"),
+                what=what,
+                headers={"Accept": mt.ACCEPT_MANIFESTS},
+                stream=True,
+            )
+            try:
+                raise_for_status(resp, what)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_MANIFEST_SIZE:
+                        raise ManifestError(f"{what}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
+                    chunks.append(chunk)
+                break
+            except httpx.TransportError as e:
+                # The headers came but the body broke off: a manifest GET is safe to repeat.
+                if attempt == self.session.options.max_retries:
+                    raise TransientError(
+                        f"{what}: reading the manifest: {describe_transport_error(e)}"
+                    ) from None
+                backoff.sleep(attempt)
+            finally:
+                resp.close()
         body = b"".join(chunks)
         pinned = Digest(identifier) if identifier.startswith(("sha256:", "sha512:")) else None
         digest = _digest_of(body, pinned)
