@@ -108,7 +108,9 @@ class RemoteSource:
         self.close()
         at = self._buf_start + len(self._buf)
         resp = self._client.open_blob(self._digest, self._what, at)
-        self._resp, self._iter = resp, resp.iter_bytes(BLOCK_SIZE)
+        # Raw bytes as they arrive: a chunker would swallow what it buffered when the stream breaks,
+        # and Range offsets count the bytes on the wire (blob GETs ask for no content coding).
+        self._resp, self._iter = resp, resp.iter_raw()
         # A 200 to a range request is the whole blob: drop what we already have.
         self._skip = at if at and resp.status_code == 200 else 0
 

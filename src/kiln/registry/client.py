@@ -293,7 +293,10 @@ class RegistryClient:
 
         The caller closes the response.
         """
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        # Blobs are already compressed; a content coding would also make Range offsets meaningless.
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         resp = self.request("GET", self.url(f"blobs/{digest}"), what=what, headers=headers, stream=True)
         if resp.status_code not in (200, 206):
             raise_for_status(resp, what)
