@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,37 @@ def wait_until(check: Callable[[], bool], attempts: int = 200) -> bool:
             return True
         time.sleep(0.05)
     return check()
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server on host 127.0.0.1 that records what each connection sent."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                try:
+                    while chunk := conn.recv(1024):
+                        data += chunk
+                except OSError:
+                    pass
+                received.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], received
+    stop.set()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+    server.close()
+    thread.join(5)

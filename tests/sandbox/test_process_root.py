@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +67,7 @@ def test_stdin_env_cwd_and_path_lookup(rootfs: Path) -> None:
 
 
 def test_missing_command_and_missing_cwd_fail_clearly(rootfs: Path) -> None:
-    with pytest.raises(ExecFailedError, match="no-such-program.*not found") as info:
+    with pytest.raises(ExecFailedError, match=r"no-such-program.*not found") as info:
         run(ProcessSpec(rootfs=str(rootfs), argv=["no-such-program"], env=dict(PATH_ENV)))
     assert info.value.exit_code == 127
     with pytest.raises(ExecFailedError, match="working directory /nope"):
@@ -135,39 +132,6 @@ def test_read_only_bind_mount_cannot_be_written(rootfs: Path, tmp_path: Path) ->
     assert "FROM scratch" in out
     assert "touch=1" in out and "rm=1" in out
     assert sorted(os.listdir(context)) == ["Dockerfile"]
-
-
-@pytest.fixture
-def tcp_server() -> Iterator[tuple[int, list[bytes]]]:
-    """A TCP server on host 127.0.0.1 that records what each connection sent."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    received: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                try:
-                    while chunk := conn.recv(1024):
-                        data += chunk
-                except OSError:
-                    pass
-                received.append(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], received
-    stop.set()
-    server.close()
-    thread.join(5)
 
 
 def test_network_none_cannot_reach_host_loopback(rootfs: Path, tcp_server: tuple[int, list[bytes]]) -> None:
