@@ -125,3 +125,20 @@ def push_index_with_skopeo(
 
 def ref(host: str, repo_tag: str) -> Reference:
     return Reference.parse(f"{host}/{repo_tag}")
+
+
+class Recorder:
+    """A ProgressSink that remembers final states (thread-safe enough: dict writes are atomic)."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, str] = {}
+        self.moved: dict[str, int] = {}
+
+    def start(self, id: str, label: str, total: int | None) -> None:
+        self.moved.setdefault(id, 0)
+
+    def advance(self, id: str, n: int) -> None:
+        self.moved[id] = self.moved.get(id, 0) + n
+
+    def done(self, id: str, status: str) -> None:
+        self.status[id] = status

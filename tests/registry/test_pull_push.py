@@ -23,6 +23,7 @@ from tests.fixtures.images import BuiltImage, push_with_skopeo, random_layers_im
 from tests.fixtures.registry import Registry, RepoNamer
 from tests.registry.conftest import (
     MultiImage,
+    Recorder,
     push_index_with_skopeo,
     ref,
     skopeo,
@@ -30,23 +31,6 @@ from tests.registry.conftest import (
     skopeo_raw_manifest,
     umoci_unpack,
 )
-
-
-class Recorder:
-    """A ProgressSink that remembers final states (thread-safe enough: dict writes are atomic)."""
-
-    def __init__(self) -> None:
-        self.status: dict[str, str] = {}
-        self.moved: dict[str, int] = {}
-
-    def start(self, id: str, label: str, total: int | None) -> None:
-        self.moved.setdefault(id, 0)
-
-    def advance(self, id: str, n: int) -> None:
-        self.moved[id] = self.moved.get(id, 0) + n
-
-    def done(self, id: str, status: str) -> None:
-        self.status[id] = status
 
 
 def test_pull_skopeo_image_and_push_back_byte_identical(
