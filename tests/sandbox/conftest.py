@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -129,3 +130,37 @@ def tcp_server() -> Iterator[tuple[int, list[bytes]]]:
     server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
     server.close()
     thread.join(5)
+
+
+def make_python_rootfs(root: Path, inner_spec: dict[str, object], owner: tuple[int, int] | None = None) -> Path:
+    """A root for running kiln itself: the host's /usr is bind-mounted in (see nested_mounts)."""
+    root.mkdir()
+    for d in ("usr", "etc", "proc", "dev", "sys", "kiln-code", "inner"):
+        (root / d).mkdir()
+    for link in ("bin", "lib", "lib64", "sbin"):
+        os.symlink(f"usr/{link}", root / link)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    (root / "tmp").mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "inner-spec.json").write_text(json.dumps(inner_spec))
+    if owner is not None:
+        for dirpath, dirnames, filenames in os.walk(root):
+            os.lchown(dirpath, *owner)
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), *owner)
+    return root
+
+
+NESTED_SCRIPT = "echo nested-ok; cat /proc/self/uid_map; ls /proc | grep -c '^[0-9]'"
+NESTED_INNER_SPEC: dict[str, object] = {"rootfs": "/inner", "argv": ["sh", "-c", NESTED_SCRIPT], "env": PATH_ENV}
+NESTED_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/kiln-code"}
+NESTED_ARGV = ["/usr/bin/python3", "-m", "kiln.sandbox", "run", "/inner-spec.json"]
+
+
+def nested_mounts(kiln_code: Path, inner_rootfs: Path) -> list[dict[str, object]]:
+    return [
+        {"type": "bind", "source": "/usr", "target": "/usr", "readonly": True},
+        {"type": "bind", "source": str(kiln_code), "target": "/kiln-code", "readonly": True},
+        {"type": "bind", "source": str(inner_rootfs), "target": "/inner"},
+    ]

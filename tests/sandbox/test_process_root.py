@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pytest
 
+import kiln
 from kiln.errors import SandboxError
 from kiln.sandbox import ExecFailedError, Mount, OverlayRootfs, ProcessResult, ProcessSpec, run
 from kiln.sandbox.caps import CAP_NUMBERS, DEFAULT_CAPABILITIES
 from tests.sandbox.conftest import (
+    NESTED_ARGV,
+    NESTED_ENV,
+    NESTED_INNER_SPEC,
     PATH_ENV,
     host_mounts_matching,
     host_processes_matching,
     make_busybox_rootfs,
+    make_python_rootfs,
+    nested_mounts,
     unique_sleep,
 )
 
@@ -283,3 +289,26 @@ def test_bad_overlay_is_a_sandbox_error(tmp_path: Path) -> None:
     root = OverlayRootfs((str(tmp_path / "missing"),), str(tmp_path / "u"), str(tmp_path / "w"))
     with pytest.raises(SandboxError, match="sandbox setup failed"):
         sh(root, "true")
+
+
+def _nested_spec(tmp_path: Path, mask_proc: bool) -> ProcessSpec:
+    inner = make_busybox_rootfs(tmp_path / "inner-rootfs")
+    outer = make_python_rootfs(tmp_path / "outer", NESTED_INNER_SPEC)
+    kiln_code = Path(kiln.__file__).resolve().parent.parent
+    mounts = [Mount.from_json(m) for m in nested_mounts(kiln_code, inner)]
+    return ProcessSpec(rootfs=str(outer), argv=NESTED_ARGV, env=dict(NESTED_ENV), mounts=mounts, mask_proc=mask_proc)
+
+
+def test_kiln_nests_inside_a_real_root_sandbox_with_unmasked_proc(tmp_path: Path) -> None:
+    result = run(_nested_spec(tmp_path, mask_proc=False))
+    lines = text(result).splitlines()
+    assert result.exit_code == 0, text(result)
+    assert lines[0] == "nested-ok"
+    assert lines[1].split() == ["0", "0", "4294967295"]  # identity map of the host's ids
+    assert int(lines[2]) < 6
+
+
+def test_masked_proc_prevents_nesting_with_a_clear_error(tmp_path: Path) -> None:
+    result = run(_nested_spec(tmp_path, mask_proc=True))
+    assert result.exit_code == 125
+    assert "sandbox setup failed" in text(result) and "proc" in text(result)

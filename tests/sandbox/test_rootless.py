@@ -15,10 +15,15 @@ import pytest
 from kiln.sandbox.idmap import parse_subid
 from tests.fixtures.rootless import Rootless
 from tests.sandbox.conftest import (
+    NESTED_ARGV,
+    NESTED_ENV,
+    NESTED_INNER_SPEC,
     PATH_ENV,
     host_mounts_matching,
     host_processes_matching,
     make_busybox_rootfs,
+    make_python_rootfs,
+    nested_mounts,
     unique_sleep,
     wait_until,
 )
@@ -231,3 +236,23 @@ def test_killing_kiln_takes_the_sandbox_with_it(sandbox: Sandbox, marker: str, s
     assert proc.wait(60) in (128 + sig, -sig)
     # Parent-death signals cascade: kiln in the namespace, the supervisor, then PID 1.
     assert wait_until(lambda: host_processes_matching(needle) == [])
+
+
+def test_kiln_sandbox_nests_inside_a_kiln_sandbox(sandbox: Sandbox) -> None:
+    """kiln (as uid 0 of a build step, without CAP_SYS_ADMIN) runs its own sandbox inside one."""
+    inner = sandbox.rootfs("inner-rootfs")
+    outer = make_python_rootfs(sandbox.work / "outer", NESTED_INNER_SPEC, owner=sandbox.owner)
+    spec = {
+        "rootfs": str(outer),
+        "argv": NESTED_ARGV,
+        "env": NESTED_ENV,
+        "mounts": nested_mounts(sandbox.rootless.code, inner),
+    }
+    done, _ = sandbox.run(spec)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "nested-ok"
+    # The inner namespace maps every id of the outer one to itself ...
+    assert [line.split() for line in lines[1:3]] == [["0", "0", "1"], ["1", "1", "65536"]]
+    # ... and has a PID namespace of its own.
+    assert int(lines[3]) < 6
