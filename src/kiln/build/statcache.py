@@ -1,0 +1,156 @@
+"""Remembered content hashes of build-context files, keyed by what stat says about them.
+
+A file whose (path, device, inode, size, mtime_ns, ctime_ns) is unchanged since it was hashed
+has the same content: editors, git and cp all change at least one of these. So an unchanged
+context gets its cache key from stat calls alone, without reading a byte.
+
+Racy writes: a file changed within the timestamp granularity right after it was hashed
+could keep its stat data. Like git's racy-clean rule, a hash is only remembered when the
+file's mtime and ctime are older than `racy_window_ns` at the time of hashing.
+
+The table lives in SQLite (stdlib) under the store's state directory. Several builds may use
+it at once: WAL mode lets readers run beside a writer, each writer transaction is short
+(one batch at the end of a hashing pass) and a busy database is retried. It is only a cache:
+if it cannot be opened or written, builds go on hashing files, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL
+)
+"""
+
+StatKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class StatCache:
+    """path + stat key -> sha256 hex, persisted in SQLite; counts its hits and misses."""
+
+    RETRIES = 20
+
+    def __init__(self, path: Path | None, *, racy_window_ns: int = 2_000_000_000) -> None:
+        self.path = path
+        self.racy_window_ns = racy_window_ns
+        self.hits = 0
+        self.misses = 0
+        self._pending: list[tuple[str, int, int, int, int, int, str]] = []
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            try:
+                self._db = self._retry(lambda: self._open(path))
+            except (sqlite3.Error, OSError) as e:
+                log.warning("stat cache %s unusable (%s); hashing every context file", path, e)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _retry(self, op: Callable[[], T]) -> T:
+        delay = 0.01
+        for attempt in range(self.RETRIES):
+            try:
+                return op()
+            except sqlite3.OperationalError as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or attempt == self.RETRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
+
+    def lookup(self, path: str, st: os.stat_result) -> str | None:
+        if self._db is None:
+            self.misses += 1
+            return None
+        db = self._db
+        try:
+            row = self._retry(
+                lambda: db.execute(
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files WHERE path = ?", (path,)
+                ).fetchone()
+            )
+        except sqlite3.Error as e:
+            self._disable(e)
+            row = None
+        if row is not None and tuple(row[:5]) == stat_key(st):
+            self.hits += 1
+            return str(row[5])
+        self.misses += 1
+        return None
+
+    def remember(self, path: str, st: os.stat_result, sha256: str, hashed_at_ns: int) -> None:
+        """Queue a hash computed when the clock read `hashed_at_ns` (written by `flush`)."""
+        if self._db is None:
+            return
+        if hashed_at_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.racy_window_ns:
+            return  # racy: the file may still change within its timestamp granularity
+        self._pending.append((path, *stat_key(st), sha256))
+
+    def flush(self) -> None:
+        if self._db is None or not self._pending:
+            self._pending.clear()
+            return
+        db, rows = self._db, self._pending
+        self._pending = []
+
+        def write() -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        try:
+            self._retry(write)
+        except sqlite3.Error as e:
+            self._disable(e)
+
+    def _disable(self, err: Exception) -> None:
+        log.warning("stat cache %s failed (%s); hashing every context file from now on", self.path, err)
+        if self._db is not None:
+            self._db.close()
+        self._db = None
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
