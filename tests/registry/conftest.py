@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,6 +35,18 @@ def opts(tmp_path: Path) -> RegistryOptions:
     empty = tmp_path / "empty-auth.json"
     empty.write_text("{}")
     return RegistryOptions(backoff_base=0.05, backoff_max=0.2, auth_file=empty, timeout=30)
+
+
+def with_auth_file(
+    opts: RegistryOptions, tmp_path: Path, entries: dict[str, tuple[str, str]]
+) -> RegistryOptions:
+    """`opts` reading credentials only from a fresh auth.json holding `entries` (host -> user, pw)."""
+    path = tmp_path / "auth.json"
+    auths = {
+        host: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()} for host, (u, p) in entries.items()
+    }
+    path.write_text(json.dumps({"auths": auths}))
+    return dataclasses.replace(opts, auth_file=path)
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,20 +18,7 @@ from kiln.registry.transfer import copy, pull, push
 from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.images import BuiltImage, push_with_skopeo
 from tests.fixtures.registry import Registry, RepoNamer
-from tests.registry.conftest import ref, skopeo_digest
-
-
-def auth_file(tmp_path: Path, entries: dict[str, tuple[str, str]]) -> Path:
-    path = tmp_path / "auth.json"
-    auths = {
-        host: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()} for host, (u, p) in entries.items()
-    }
-    path.write_text(json.dumps({"auths": auths}))
-    return path
-
-
-def with_creds(opts: RegistryOptions, tmp_path: Path, entries: dict[str, tuple[str, str]]) -> RegistryOptions:
-    return dataclasses.replace(opts, auth_file=auth_file(tmp_path, entries))
+from tests.registry.conftest import ref, skopeo_digest, with_auth_file
 
 
 def secrets_absent(text: str, user: str, *passwords: str) -> None:
@@ -59,7 +44,7 @@ def test_basic_auth_pull_push(
     assert creds is not None
     repo, dest = fresh_repo(), fresh_repo("dest")
     push_with_skopeo(busybox_image.layout, auth_registry, f"{repo}:1", creds)
-    options = with_creds(opts, tmp_path, {auth_registry.host: creds})
+    options = with_auth_file(opts, tmp_path, {auth_registry.host: creds})
     desc = pull(ref(auth_registry.host, f"{repo}:1"), store, options=options)
     assert desc.digest == busybox_image.manifest.digest
     pushed = push(store, desc.digest, ref(auth_registry.host, f"{dest}:2"), options=options)
@@ -108,7 +93,9 @@ def test_basic_auth_failures_are_clear_and_leak_nothing(
     wrong_password = "wrong-" + creds[1]
     caplog.set_level(logging.DEBUG)
     with pytest.raises(AuthError) as err:
-        pull(r, store, options=with_creds(opts, tmp_path, {auth_registry.host: (creds[0], wrong_password)}))
+        pull(
+            r, store, options=with_auth_file(opts, tmp_path, {auth_registry.host: (creds[0], wrong_password)})
+        )
     message = str(err.value)
     assert message.startswith(f"{r}: UNAUTHORIZED")
     assert "\n" not in message
@@ -140,7 +127,7 @@ def test_token_pull_push_and_mount_scopes(
     assert creds is not None and ts is not None
     src, dest = fresh_repo("src"), fresh_repo("dest")
     push_with_skopeo(busybox_image.layout, token_registry, f"{src}:1", creds)
-    options = with_creds(opts, tmp_path, {token_proxy.host: creds})
+    options = with_auth_file(opts, tmp_path, {token_proxy.host: creds})
     before = len(ts.requests)
     pull(ref(token_proxy.host, f"{src}:1"), store, options=options)
     pull_requests = ts.requests[before:]
@@ -191,7 +178,7 @@ def test_token_wrong_password(
     assert token_registry.credentials is not None
     caplog.set_level(logging.DEBUG)
     bad = "not-the-password-xyz"
-    options = with_creds(opts, tmp_path, {token_registry.host: (token_registry.credentials[0], bad)})
+    options = with_auth_file(opts, tmp_path, {token_registry.host: (token_registry.credentials[0], bad)})
     with pytest.raises(AuthError) as err:
         pull(ref(token_registry.host, f"{fresh_repo()}:1"), store, options=options)
     assert "token server" in str(err.value) and "refused" in str(err.value)
@@ -211,7 +198,7 @@ def test_token_refreshed_once_on_401(
     assert creds is not None and ts is not None
     repo = fresh_repo()
     push_with_skopeo(busybox_image.layout, token_registry, f"{repo}:1", creds)
-    options = with_creds(opts, tmp_path, {token_proxy.host: creds})
+    options = with_auth_file(opts, tmp_path, {token_proxy.host: creds})
     r = ref(token_proxy.host, f"{repo}:1")
     with Session(options) as session:
         client = session.client(r)
@@ -242,7 +229,7 @@ def test_token_cache_and_expiry(
     assert creds is not None and ts is not None
     repo = fresh_repo()
     push_with_skopeo(busybox_image.layout, token_registry, f"{repo}:1", creds)
-    options = with_creds(opts, tmp_path, {token_proxy.host: creds})
+    options = with_auth_file(opts, tmp_path, {token_proxy.host: creds})
     r = ref(token_proxy.host, f"{repo}:1")
     with ts.configured(expires_in=2), Session(options) as session:
         client = session.client(r)
@@ -271,7 +258,7 @@ def test_token_server_hiccup_is_retried(
     repo = fresh_repo()
     push_with_skopeo(busybox_image.layout, token_registry, f"{repo}:1", creds)
     ts.fail(2, status=503)
-    options = with_creds(opts, tmp_path, {token_registry.host: creds})
+    options = with_auth_file(opts, tmp_path, {token_registry.host: creds})
     assert (
         pull(ref(token_registry.host, f"{repo}:1"), store, options=options).digest
         == busybox_image.manifest.digest
@@ -290,7 +277,7 @@ def test_copy_between_basic_and_token_registries(
     assert a is not None and t is not None
     repo = fresh_repo()
     push_with_skopeo(busybox_image.layout, auth_registry, f"{repo}:1", a)
-    options = with_creds(opts, tmp_path, {auth_registry.host: a, token_registry.host: t})
+    options = with_auth_file(opts, tmp_path, {auth_registry.host: a, token_registry.host: t})
     desc = copy(
         ref(auth_registry.host, f"{repo}:1"), ref(token_registry.host, f"{repo}:copied"), options=options
     )
