@@ -312,3 +312,20 @@ def test_masked_proc_prevents_nesting_with_a_clear_error(tmp_path: Path) -> None
     result = run(_nested_spec(tmp_path, mask_proc=True))
     assert result.exit_code == 125
     assert "sandbox setup failed" in text(result) and "proc" in text(result)
+
+
+def test_overlay_with_many_deep_layers_and_awkward_names(tmp_path: Path) -> None:
+    base = make_busybox_rootfs(tmp_path / "base")
+    layers = []
+    for i in range(120):
+        layer = tmp_path / ("layer:with,odd-name-" + "x" * 80) / f"{i:03d}"
+        layer.mkdir(parents=True)
+        (layer / f"file{i:03d}").write_text(f"{i}\n")
+        layers.append(str(layer))
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    # 120 paths of ~150 characters would overflow the one-page option string if passed as is.
+    root = OverlayRootfs((*reversed(layers), str(base)), str(upper), str(work))
+    result = sh(root, "ls / | grep -c '^file'; cat /file000 /file119")
+    assert text(result).split() == ["120", "0", "119"]

@@ -41,10 +41,6 @@ def make_readonly(path: str, recursive: bool = False) -> None:
         libc.mount(None, path, None, libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY | libc.locked_mount_flags(path))
 
 
-def _escape_overlay_path(path: str) -> str:
-    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
-
-
 def write_scaffold(scaffold: str, spec: ProcessSpec) -> None:
     """Fill the bottom overlay layer with every mount point the sandbox may need.
 
@@ -70,26 +66,25 @@ def _mount_targets(spec: ProcessSpec) -> list[tuple[str, bool]]:
 
 
 def mount_overlay(root: OverlayRootfs, scaffold: str, target: str) -> None:
-    layers = [*root.lowerdirs, scaffold]
-    paths = [*layers, root.upperdir, root.workdir]
-    # Relative paths from a common parent keep the option string under the kernel's one-page
-    # limit for deep images.
-    common = os.path.commonpath([os.path.abspath(p) for p in paths])
-    old_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Mount ``root`` (plus ``scaffold`` as the bottom layer) as overlayfs on ``target``.
+
+    Layers are passed as /proc/self/fd/N of O_PATH descriptors: short whatever the real paths
+    are (the option string is limited to one page, about 200 layers this way) and free of the
+    ``:``/``,`` characters overlayfs options cannot carry.
+    """
+    fds: list[int] = []
+
+    def ref(path: str) -> str:
+        fds.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        return f"/proc/self/fd/{fds[-1]}"
+
     try:
-        os.chdir(common)
-
-        def rel(p: str) -> str:
-            return _escape_overlay_path(os.path.relpath(os.path.abspath(p), common))
-
-        data = (
-            f"lowerdir={':'.join(rel(p) for p in layers)},upperdir={rel(root.upperdir)},"
-            f"workdir={rel(root.workdir)},userxattr"
-        )
+        lowers = ":".join(ref(p) for p in [*root.lowerdirs, scaffold])
+        data = f"lowerdir={lowers},upperdir={ref(root.upperdir)},workdir={ref(root.workdir)},userxattr"
         libc.mount("overlay", target, "overlay", 0, data)
     finally:
-        os.fchdir(old_cwd)
-        os.close(old_cwd)
+        for fd in fds:
+            os.close(fd)
 
 
 class RootBuilder:
