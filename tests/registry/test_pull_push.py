@@ -264,3 +264,27 @@ def test_push_by_local_digest_and_index_children_first(
         f"{registry.url}/v2/{repo}/manifests/{multi_image.index_digest}", headers={"Accept": mt.OCI_INDEX}
     )
     assert r.status_code == 200
+
+
+def test_docker_schema2_image_round_trips_byte_identical(
+    registry: Registry, fresh_repo: RepoNamer, busybox_image: BuiltImage, store: Store, opts: RegistryOptions
+) -> None:
+    src, dest = fresh_repo("v2s2"), fresh_repo("back")
+    skopeo(
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        f"oci:{busybox_image.layout}:latest",
+        f"docker://{registry.host}/{src}:1",
+    )
+    original = skopeo_raw_manifest(registry.host, f"{src}:1")
+    assert json.loads(original)["mediaType"] == mt.DOCKER_MANIFEST
+    desc = pull(ref(registry.host, f"{src}:1"), store, options=opts)
+    assert desc.media_type == mt.DOCKER_MANIFEST
+    assert store.read_blob(desc.dgst) == original
+    pushed = push(store, desc.digest, ref(registry.host, f"{dest}:1"), options=opts)
+    assert skopeo_raw_manifest(registry.host, f"{dest}:1") == original
+    r = httpx.get(f"{registry.url}/v2/{dest}/manifests/1", headers={"Accept": mt.DOCKER_MANIFEST})
+    assert r.headers["content-type"] == mt.DOCKER_MANIFEST
+    assert r.headers["docker-content-digest"] == pushed.digest == Digest.of(original)
