@@ -11,7 +11,7 @@ import pytest
 from kiln.errors import RegistryError
 from kiln.oci import mediatypes as mt
 from kiln.oci.models import Platform
-from kiln.registry.inspect import inspect_remote
+from kiln.registry.inspect import fetch_config, inspect_remote
 from kiln.registry.options import RegistryOptions
 from kiln.registry.transfer import copy, fetch_manifest
 from tests.fixtures.faultproxy import FaultProxy
@@ -120,6 +120,9 @@ def test_inspect_remote_index(
     assert out["Digest"] == arm.manifest.digest
     assert out["Manifest"] == json.loads(arm.manifest_bytes)
     assert out["Config"] == json.loads(arm.config_bytes)
+    config = fetch_config(ref(registry.host, f"{repo}:m"), opts)  # linux/amd64 by default
+    amd = multi_image.platforms["linux/amd64"]
+    assert config.rootfs.diff_ids == list(amd.diff_ids)
 
 
 # ---- TLS ---------------------------------------------------------------------------------------
