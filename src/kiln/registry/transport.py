@@ -117,6 +117,8 @@ class Backoff:
 def describe_transport_error(e: BaseException) -> str:
     kind = type(e).__name__
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "WRONG_VERSION_NUMBER" in text:
+        text += " (the registry may speak plain HTTP: see --insecure-registry)"
     return f"{kind}: {text}" if text else kind
 
 
@@ -165,7 +167,8 @@ def _retryable_transport_error(e: httpx.TransportError) -> bool:
         return False
     # A certificate that does not verify will not verify on the next attempt either.
     text = str(e)
-    return not ("CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text or "SSL" in text)
+    # (An SSL EOF mid-stream is a dropped connection like any other and stays retryable.)
+    return not ("CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text)
 
 
 def _send_following(client: httpx.Client, request: httpx.Request, *, stream: bool) -> httpx.Response:
