@@ -17,7 +17,7 @@ from kiln.errors import KilnError
 
 _WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007}  # class bits incl. that class's special bit
 _CLAUSE = re.compile(r"^([ugoa]*)((?:[-+=][rwxXst]*|[-+=][ugo])+)$")
-_OP = re.compile(r"([-+=])([rwxXst]*|[ugo])")
+_OP = re.compile(r"([-+=])([ugo](?![rwxXst])|[rwxXst]*)")
 
 ModeFn = Callable[[int, bool], int]
 

@@ -152,10 +152,7 @@ class BuildContext(SourceTree):
         return st if self._visible(rel, st) else None
 
     def _raw_listdir(self, rel: str) -> list[str]:
-        try:
-            return super().listdir(rel)
-        except OSError as e:
-            raise ContextError(f"build context {self.root}: cannot list {rel or '.'}: {e.strerror}") from None
+        return super().listdir(rel)
 
     def listdir(self, rel: str) -> list[str]:
         names = self._raw_listdir(rel)

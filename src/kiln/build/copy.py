@@ -256,7 +256,11 @@ def write_copy_layer(
         for planned in plan.sorted_entries():
             entry = planned.entry
             if entry.type is EntryType.FILE and entry.size:
-                with planned.open() as f:
+                try:
+                    f = planned.open()
+                except OSError as e:
+                    raise CopyError(f"{_where(step)}{instruction(step)} failed: cannot read {entry.name}: {e.strerror}") from None
+                with f:
                     writer.add_entry(entry, f)
                 nbytes += entry.size
             else:

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from kiln.build.rootpath import host_path, resolve_in_root
+from kiln.errors import KilnError
 from kiln.oci.digest import BLOCK_SIZE
 from kiln.oci.layer import encode_name
 from kiln.oci.layer_writer import default_xattr_filter
@@ -45,6 +46,10 @@ def type_char(st: os.stat_result) -> str:
     return "s"
 
 
+class SourceReadError(KilnError):
+    """A source file or directory that exists but cannot be read."""
+
+
 class SourceTree:
     """A plain directory: everything visible, ownership and modes as on disk."""
 
@@ -70,7 +75,10 @@ class SourceTree:
 
     def listdir(self, rel: str) -> list[str]:
         """Names of the visible children of directory `rel`, sorted by their bytes."""
-        return sorted(os.listdir(self.host(rel)), key=encode_name)
+        try:
+            return sorted(os.listdir(self.host(rel)), key=encode_name)
+        except OSError as e:
+            raise SourceReadError(f"{self.root}: cannot list {rel or '.'}: {e.strerror}") from None
 
     def resolve(self, rel: str) -> str:
         """`rel` with symlinks followed, never leaving the root."""
@@ -100,10 +108,13 @@ class SourceTree:
     def hash_file(self, rel: str) -> str:
         """sha256 hex of a regular file's content, read in large blocks."""
         h = hashlib.sha256()
-        with open(self.host(rel), "rb", buffering=0) as f:
-            while chunk := f.read(BLOCK_SIZE):
-                h.update(chunk)
-                self.bytes_hashed += len(chunk)
+        try:
+            with open(self.host(rel), "rb", buffering=0) as f:
+                while chunk := f.read(BLOCK_SIZE):
+                    h.update(chunk)
+                    self.bytes_hashed += len(chunk)
+        except OSError as e:
+            raise SourceReadError(f"{self.root}: cannot read {rel}: {e.strerror}") from None
         self.files_hashed += 1
         return h.hexdigest()
 
