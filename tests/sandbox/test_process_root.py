@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,7 @@ def test_keyboard_interrupt_kills_the_sandbox_and_propagates(rootfs: Path, marke
         sh(str(rootfs), f"sleep {arg} & echo started; sleep {arg}", on_output=interrupt)
     assert host_processes_matching(f"sleep {arg}") == []
     assert host_mounts_matching("kiln-sandbox-") == []
-    assert [p for p in os.listdir("/tmp") if p.startswith("kiln-sandbox-")] == []
+    assert own_staging_dirs() == []
 
 
 def test_missing_mountpoints_are_created_then_removed(tmp_path: Path) -> None:
@@ -236,6 +237,11 @@ def test_dev_proc_and_hostname(rootfs: Path) -> None:
     assert result.exit_code == 0, text(result)
     assert lines[:3] == ["5", "3", "builder-host"]
     assert "kiln.sandbox.init" in lines[3]
+
+
+def own_staging_dirs() -> list[str]:
+    base = Path(tempfile.gettempdir()) / "kiln-sandbox-0"
+    return [p.name for p in base.iterdir() if p.name.startswith(f"{os.getpid()}-")]
 
 
 def _cap_mask(names: tuple[str, ...]) -> int:

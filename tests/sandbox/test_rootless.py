@@ -213,8 +213,9 @@ def _start_long_running(sandbox: Sandbox, marker: str) -> tuple[subprocess.Popen
     return proc, f"sleep {arg}", rootfs
 
 
-def _builder_staging_dirs(rootless: Rootless) -> list[str]:
-    return [p for p in os.listdir("/tmp") if p.startswith("kiln-sandbox-") and os.stat(f"/tmp/{p}").st_uid == rootless.uid]
+def _builder_staging_dirs(rootless: Rootless) -> set[str]:
+    base = Path("/tmp") / f"kiln-sandbox-{rootless.uid}"
+    return set(os.listdir(base)) if base.is_dir() else set()
 
 
 def test_ctrl_c_kills_the_tree_and_leaves_nothing(sandbox: Sandbox, marker: str) -> None:
@@ -231,11 +232,17 @@ def test_ctrl_c_kills_the_tree_and_leaves_nothing(sandbox: Sandbox, marker: str)
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killing_kiln_takes_the_sandbox_with_it(sandbox: Sandbox, marker: str, sig: signal.Signals) -> None:
-    proc, needle, _ = _start_long_running(sandbox, marker)
+    staging_before = _builder_staging_dirs(sandbox.rootless)
+    proc, needle, rootfs = _start_long_running(sandbox, marker)
     os.kill(proc.pid, sig)
     assert proc.wait(60) in (128 + sig, -sig)
     # Parent-death signals cascade: kiln in the namespace, the supervisor, then PID 1.
     assert wait_until(lambda: host_processes_matching(needle) == [])
+    # kiln had no chance to remove its scratch directory; the next sandbox run does.
+    leaked = _builder_staging_dirs(sandbox.rootless) - staging_before
+    done, _ = sandbox.run({"rootfs": str(rootfs), "argv": ["true"]})
+    assert done.returncode == 0, done.stderr
+    assert leaked & _builder_staging_dirs(sandbox.rootless) == set()
 
 
 def test_kiln_sandbox_nests_inside_a_kiln_sandbox(sandbox: Sandbox) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from kiln.errors import SandboxError
 from . import launch
 from .rootpath import remove_placeholder
 from .spec import ExecFailedError, OutputCallback, OverlayRootfs, ProcessResult, ProcessSpec
+from .staging import staging_dir
 
 _CHUNK = 65536
 _MAX_LINE = 65536  # a longer line without newline is passed on in pieces
@@ -112,13 +111,8 @@ def run(spec: ProcessSpec) -> ProcessResult:
     spec.validate()
     if os.geteuid() != 0:
         raise SandboxError("sandbox: kiln must run as root or inside its user namespace (ensure_userns)")
-    staging = tempfile.mkdtemp(prefix="kiln-sandbox-")
-    try:
-        os.mkdir(os.path.join(staging, "root"), 0o755)
-        os.mkdir(os.path.join(staging, "scaffold"), 0o755)
+    with staging_dir() as staging:
         return _run_staged(spec, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _spec_fd(spec: ProcessSpec) -> int:
