@@ -267,6 +267,8 @@ class IgnoreMatcher:
         if inherited and len(inherited) != len(self.patterns):
             raise ValueError("MatchInfo comes from another matcher")
         path = go_clean(path)
+        if path == ".":
+            return False, MatchInfo()
         parents = path.split("/")[:-1]
         matched = False
         results = []

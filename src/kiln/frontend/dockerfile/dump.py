@@ -27,7 +27,11 @@ def _go_is_print(ch: str) -> bool:
 
 
 def go_quote(s: str) -> str:
-    """Go's strconv.Quote. Undecodable bytes (kept as surrogate escapes) print as \\xNN."""
+    """Go's strconv.Quote. Undecodable bytes (kept as surrogate escapes) print as \\xNN.
+
+    >>> print(go_quote('say "hé"\\t\\x00'))
+    "say \\"hé\\"\\t\\x00"
+    """
     out = ['"']
     for ch in s:
         code = ord(ch)
