@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build.context import STATCACHE_NAME, BuildContext, find_ignore_file
+from kiln.build.context import STATCACHE_NAME, BuildContext
 from kiln.build.copy import copy_cache_digest
+from kiln.build.ignore import find_ignore_file
 from kiln.build.plan import CopyStep
 from kiln.build.statcache import StatCache
 from kiln.errors import KilnError

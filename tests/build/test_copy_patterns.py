@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kiln.build.chmod import ChmodError, parse_chmod
-from kiln.build.copy_patterns import PatternError, PatternSet, contains_wildcards, go_match
+from kiln.build.copy_patterns import PatternError, contains_wildcards, filters, go_match, may_select_below
 
 
 @pytest.mark.parametrize(
@@ -48,41 +48,21 @@ def test_contains_wildcards() -> None:
     assert not contains_wildcards("a\\*b")  # escaped: fsutil takes the path literally
 
 
-def test_dockerignore_semantics() -> None:
-    ps = PatternSet(["*.md", "build", "**/*.tmp", "!keep.md", "docs/**", "!docs/keep/**", "/abs/x", "a/../b"])
-    assert ps.matches("readme.md")
-    assert not ps.matches("keep.md")
-    assert not ps.matches("sub/readme.md")  # '*' is one level
-    assert ps.matches("build") and ps.matches("build/out/x.o")  # a matching dir covers its contents
-    assert ps.matches("x.tmp") and ps.matches("deep/er/x.tmp")
-    assert ps.matches("docs/a/b") and not ps.matches("docs/keep/a")
-    assert ps.matches("abs/x")  # leading slash dropped
-    assert ps.matches("b")  # cleaned
-    assert ps.has_exceptions
+def test_filters_use_dockerignore_rules() -> None:
+    excl = filters(["*.md", "build", "!build/keep"], "--exclude")
+    assert excl is not None
+    assert excl.is_excluded("a.md") and excl.is_excluded("build/x") and not excl.is_excluded("build/keep")
+    assert excl.might_include_children("build") and not excl.might_include_children("other")
+    assert filters([], "--exclude") is None
+    with pytest.raises(PatternError, match="--exclude"):
+        filters(["!"], "--exclude")
 
 
-def test_incremental_matching_equals_full_matching() -> None:
-    ps = PatternSet(["node_modules", "!node_modules/keep", "**/*.log", "!important.log"])
-    paths = ["node_modules", "node_modules/keep", "node_modules/keep/a", "node_modules/x", "a.log", "important.log", "d/e.log"]
-    for path in paths:
-        parent = path.rpartition("/")[0]
-        info = ps.match(parent)[1] if parent else None
-        assert ps.match(path, info)[0] == ps.matches(path), path
-
-
-def test_could_match_below() -> None:
-    ps = PatternSet(["node_modules", "!node_modules/keep/*.js", "!**/*.cfg"])
-    assert PatternSet(["a", "!b/c"]).could_match_below("b", exceptions=True)
-    assert not PatternSet(["a", "!b/c"]).could_match_below("a", exceptions=True)
-    assert ps.could_match_below("node_modules", exceptions=True)
-    assert ps.could_match_below("other", exceptions=True)  # **/*.cfg reaches everywhere
-    assert PatternSet(["src/*/x"]).could_match_below("src/a", exceptions=False)
-    assert not PatternSet(["src/*/x"]).could_match_below("lib", exceptions=False)
-
-
-def test_illegal_exception() -> None:
-    with pytest.raises(PatternError):
-        PatternSet(["!"])
+def test_may_select_below() -> None:
+    incl = filters(["src/*/x"], "--parents")
+    assert incl is not None
+    assert may_select_below(incl, "src/a") and may_select_below(incl, "src")
+    assert not may_select_below(incl, "lib")
 
 
 # -- --chmod ---------------------------------------------------------------------------------------

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln.build.copy_patterns import MatchInfo, PatternSet
+from kiln.build.ignore import (
+    IgnoreMatcher,
+    IgnorePatternError,
+    MatchInfo,
+    find_ignore_file,
+    read_ignore_patterns,
+)
 from kiln.build.source_tree import DIGEST_VERSION, SourceTree, join
 from kiln.build.statcache import StatCache
 from kiln.errors import KilnError
@@ -35,29 +41,6 @@ STATCACHE_NAME = "statcache.sqlite"
 
 class ContextError(KilnError):
     """A build context that cannot be read."""
-
-
-def find_ignore_file(context_dir: Path, dockerfile: Path | None = None) -> Path | None:
-    """`<Dockerfile>.dockerignore` beside the Dockerfile wins over `<context>/.dockerignore`."""
-    if dockerfile is not None:
-        specific = dockerfile.with_name(dockerfile.name + ".dockerignore")
-        if specific.is_file():
-            return specific
-    default = context_dir / ".dockerignore"
-    return default if default.is_file() else None
-
-
-def read_ignore_patterns(path: Path) -> list[str]:
-    """Patterns of a .dockerignore: comments ('#' first) and blank lines dropped, BOM removed."""
-    text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        line = line.strip()
-        if line:
-            out.append(line)
-    return out
 
 
 @dataclass
@@ -82,7 +65,10 @@ class BuildContext(SourceTree):
         super().__init__(root)
         if not self.root.is_dir():
             raise ContextError(f"build context {root} is not a directory")
-        self.ignore = PatternSet(ignore_patterns, what=f"{ignore_file or '.dockerignore'}")
+        try:
+            self.ignore = IgnoreMatcher(ignore_patterns)
+        except IgnorePatternError as e:
+            raise ContextError(f"{ignore_file or '.dockerignore'}: {e.message}") from None
         self.ignore_file = ignore_file
         self.stat_cache = stat_cache if stat_cache is not None else StatCache(None)
         self._info: dict[str, tuple[bool, MatchInfo]] = {}
@@ -95,10 +81,10 @@ class BuildContext(SourceTree):
         """A context with the ignore file that applies to `dockerfile` (if any)."""
         ignore_file = find_ignore_file(Path(root), dockerfile)
         try:
-            patterns = read_ignore_patterns(ignore_file) if ignore_file else []
+            text = ignore_file.read_bytes().decode("utf-8", "surrogateescape") if ignore_file else ""
         except OSError as e:
             raise ContextError(f"{ignore_file}: cannot read: {e.strerror}") from None
-        return cls(root, patterns, stat_cache=stat_cache, ignore_file=ignore_file)
+        return cls(root, read_ignore_patterns(text), stat_cache=stat_cache, ignore_file=ignore_file)
 
     @classmethod
     def for_store(cls, root: Path, store: Store, *, dockerfile: Path | None = None) -> BuildContext:
@@ -123,14 +109,14 @@ class BuildContext(SourceTree):
 
     def excluded(self, rel: str) -> bool:
         """Whether the ignore rules exclude `rel` (or one of its parents, barring exceptions)."""
-        return bool(rel) and bool(self.ignore) and self._match(rel)[0]
+        return bool(rel) and bool(self.ignore.patterns) and self._match(rel)[0]
 
     def _holds_visible(self, rel: str) -> bool:
         """An excluded directory still exists in the context if something below is re-included."""
         got = self._has_visible.get(rel)
         if got is None:
             got = False
-            if self.ignore.could_match_below(rel, exceptions=True):
+            if self.ignore.might_include_children(rel):
                 for name in self._raw_listdir(rel):
                     child = join(rel, name)
                     st = self.raw_lstat(child)
@@ -147,7 +133,7 @@ class BuildContext(SourceTree):
 
     def lstat(self, rel: str) -> os.stat_result | None:
         st = self.raw_lstat(rel)
-        if st is None or not self.ignore:
+        if st is None or not self.ignore.patterns:
             return st
         return st if self._visible(rel, st) else None
 
@@ -156,7 +142,7 @@ class BuildContext(SourceTree):
 
     def listdir(self, rel: str) -> list[str]:
         names = self._raw_listdir(rel)
-        if not self.ignore:
+        if not self.ignore.patterns:
             return names
         out = []
         for name in names:
@@ -200,9 +186,10 @@ class BuildContext(SourceTree):
         brings its whole visible subtree), minus `excludes` (dockerignore patterns relative
         to the context root). Paths, types, modes, owners, link targets and contents count;
         mtimes do not."""
+        from kiln.build.copy_patterns import filters
         from kiln.build.copy_select import expand_source, walk_item
 
-        excl = PatternSet(excludes, what="exclude")
+        excl = filters(excludes, "exclude")
         h = hashlib.sha256(DIGEST_VERSION)
         for index, spec in enumerate(paths):
             for item in expand_source(self, spec, index=index, what="context digest", line=0):

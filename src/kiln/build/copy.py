@@ -35,10 +35,11 @@ from pathlib import Path
 from kiln.build.chmod import Chmod, parse_chmod
 from kiln.build.context import BuildContext
 from kiln.build.copy_archive import archive_compression, plan_archive
-from kiln.build.copy_patterns import PatternSet
+from kiln.build.copy_patterns import filters
 from kiln.build.copy_plan import CopyError, DestPlan, Planned
 from kiln.build.copy_select import SourceItem, SourceNode, expand_parents_source, expand_source, walk_item
 from kiln.build.fetch_url import UrlFetcher
+from kiln.build.ignore import IgnoreMatcher
 from kiln.build.plan import CopyStep
 from kiln.build.rootpath import clean_path
 from kiln.build.source_tree import DIGEST_VERSION, SourceTree, join
@@ -79,7 +80,7 @@ def _tree(src_root: Path, context: BuildContext | None) -> SourceTree:
     return context if context is not None else SourceTree(src_root)
 
 
-def _items(step: CopyStep, tree: SourceTree, excludes: PatternSet) -> list[SourceItem]:
+def _items(step: CopyStep, tree: SourceTree, excludes: IgnoreMatcher | None) -> list[SourceItem]:
     what = instruction(step)
     items: list[SourceItem] = []
     for index, spec in enumerate(step.sources):
@@ -101,7 +102,7 @@ def copy_cache_digest(
     never its mtime. Context files are hashed through the stat cache. URLs count by their
     --checksum when given (no download), else by their downloaded content."""
     tree = _tree(src_root, context)
-    excludes = PatternSet(step.excludes, what="--exclude")
+    excludes = filters(step.excludes, "--exclude")
     h = hashlib.sha256(DIGEST_VERSION + b"copy\n")
     for item in _items(step, tree, excludes):
         h.update(f"item\0{item.index}\0{item.rel}\0{item.name}\n".encode("utf-8", "surrogateescape"))
@@ -180,7 +181,7 @@ def plan_copy(
     dest_path, dir_syntax = destination(step)
     dest = plan.resolve_dest(dest_path)
 
-    excludes = PatternSet(step.excludes, what="--exclude")
+    excludes = filters(step.excludes, "--exclude")
     items = _items(step, tree, excludes)
     count = len(items) + len(step.urls) + len(step.inline)
     if count > 1 and not dir_syntax and not step.parents:

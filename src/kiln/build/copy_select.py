@@ -22,7 +22,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kiln.build.copy_patterns import MatchInfo, PatternError, PatternSet, contains_wildcards, go_match
+from kiln.build.copy_patterns import PatternError, contains_wildcards, filters, go_match, may_select_below
+from kiln.build.ignore import IgnoreMatcher, MatchInfo
 from kiln.build.rootpath import clean_path, split_path
 from kiln.build.source_tree import SourceTree, join
 from kiln.errors import KilnError
@@ -42,7 +43,7 @@ class SourceItem:
     real: str  # the path actually read (symlinks followed inside the root)
     st: os.stat_result  # lstat of `real`
     name: str  # the base name it is copied under into a directory
-    includes: PatternSet | None = None  # --parents: what below `real` is selected
+    includes: IgnoreMatcher | None = None  # --parents: what below `real` is selected
 
     @property
     def is_dir(self) -> bool:
@@ -89,7 +90,7 @@ def expand_source(
     index: int,
     what: str,
     line: int,
-    excludes: PatternSet | None = None,
+    excludes: IgnoreMatcher | None = None,
 ) -> list[SourceItem]:
     """The items one source path selects; an error (naming path and line) if none."""
     where = f"line {line}: " if line else ""
@@ -116,7 +117,7 @@ def expand_source(
         except PatternError as e:
             raise SourceError(f"{where}{what} failed: bad source pattern {spec!r}: {e}") from None
     for rel in matches:
-        if excludes and excludes.matches(rel[len(base) + 1 :] if base else rel):
+        if excludes is not None and excludes.is_excluded(rel[len(base) + 1 :] if base else rel):
             continue
         found = _follow(tree, rel)
         if found is None:
@@ -137,7 +138,7 @@ def expand_parents_source(tree: SourceTree, spec: str, *, index: int, what: str,
     pattern = clean_path(rest)
     if not pattern:
         pattern = "**"
-    includes = PatternSet([pattern], what="--parents")
+    includes = filters([pattern], "--parents")
     if not contains_wildcards(pivot) and not contains_wildcards(pattern):
         required = join(clean_path(pivot), pattern)
         if _follow(tree, required) is None:
@@ -158,7 +159,7 @@ def walk_item(
     tree: SourceTree,
     item: SourceItem,
     *,
-    excludes: PatternSet | None = None,
+    excludes: IgnoreMatcher | None = None,
     exclude_prefix: str = "",
 ) -> Iterator[SourceNode]:
     """The item and, for a directory, everything selected below it (unsorted).
@@ -170,7 +171,7 @@ def walk_item(
     yield SourceNode("", item.real, item.st)
     if not item.is_dir:
         return
-    excl = excludes if excludes else None
+    excl = excludes
     incl = item.includes
     emitted: set[str] = set()
     root_einfo = excl.match(exclude_prefix)[1] if excl is not None and exclude_prefix else None
@@ -203,8 +204,8 @@ def walk_item(
                 continue
             if not is_dir:
                 continue
-            if excl is not None and excluded and not excl.could_match_below(excl_path, exceptions=True):
+            if excl is not None and excluded and not excl.might_include_children(excl_path):
                 continue
-            if incl is not None and not selected and not incl.could_match_below(child, exceptions=False):
+            if incl is not None and not selected and not may_select_below(incl, child):
                 continue
             stack.append((child, child_einfo, child_iinfo, (*pending, node)))
