@@ -21,7 +21,7 @@ def nodes(text: str) -> list[Node]:
     return parse(text).ast.children
 
 
-def dumped(text: str) -> list[str]:
+def dumped(text: str | bytes) -> list[str]:
     return dump_result(parse(text)).splitlines()
 
 
@@ -271,3 +271,11 @@ def test_error_carries_all_lines_of_a_multi_line_instruction() -> None:
         parse('FROM a\nRUN ["a", \\\n  2]\n')
     assert info.value.source_lines == ('RUN ["a", \\', "  2]")
     assert (info.value.line, info.value.end_line) == (2, 3)
+
+
+def test_every_node_is_located() -> None:
+    onbuild = nodes("FROM a\nONBUILD RUN \\\n  b\n")[1]
+    assert onbuild.next is not None
+    (child,) = onbuild.next.children
+    located = [onbuild, onbuild.next, child, *child.args()]
+    assert [(n.start_line, n.end_line) for n in located] == [(2, 3)] * 4

@@ -13,7 +13,8 @@ validated here; values that may hold variables (--chmod, --mount) are validated 
 hold none, and again by the compiler after expansion (`parse_chmod`, `RunInstruction.expand_mounts`).
 
 Every error is a DockerfileError reading `FILE:LINE: message`. The value parsers used by flags
-(mounts, chmod, durations) raise the unlocated LineError; wrap it with `Dockerfile.error(line, ...)`.
+(mounts, chmod, durations) raise the unlocated LineError, and expansion raises ExpansionError;
+the compiler locates both with `Dockerfile.error(instruction.line, e.message, instruction.end_line)`.
 """
 
 from __future__ import annotations
@@ -780,9 +781,12 @@ def _parse_volume(req: _Request) -> VolumeInstruction:
     return VolumeInstruction(paths=paths, **req.common())
 
 
-def _file_fields(req: _Request, name: str, flags: _Flags) -> dict[str, Any]:
+def _require_destination(req: _Request, name: str) -> None:
     if len(req.args) < 2:
         raise LineError(f"{name} requires at least two arguments, but only one was provided. Destination could not be determined")
+
+
+def _file_fields(req: _Request, name: str, flags: _Flags) -> dict[str, Any]:
     *sources, dest = req.args
     if parse_heredoc_quietly(dest) is not None:
         raise LineError(f"{name} cannot accept a heredoc as a destination")
@@ -813,15 +817,13 @@ def parse_heredoc_quietly(word: str) -> Heredoc | None:
 
 
 def _parse_copy(req: _Request) -> CopyInstruction:
-    if len(req.args) < 2:
-        _file_fields(req, "COPY", _Flags([], {}))
+    _require_destination(req, "COPY")
     flags = req.flags()
     return CopyInstruction(from_=flags.string("from"), parents=flags.boolean("parents"), **_file_fields(req, "COPY", flags))
 
 
 def _parse_add(req: _Request) -> AddInstruction:
-    if len(req.args) < 2:
-        _file_fields(req, "ADD", _Flags([], {}))
+    _require_destination(req, "ADD")
     flags = req.flags()
     unpack = flags.boolean("unpack") if "unpack" in flags.values else None
     return AddInstruction(

@@ -296,11 +296,21 @@ def parse(source: str | bytes, filename: str = "Dockerfile") -> ParseResult:
 
 
 def _add_child(root: Node, child: Node, start: int, end: int) -> None:
-    child.start_line, child.end_line = start, end
+    _set_lines(child, start, end)
     if root.start_line < 0:
         root.start_line = start
     root.end_line = end
     root.children.append(child)
+
+
+def _set_lines(node: Node, start: int, end: int) -> None:
+    # BuildKit only locates top-level nodes; kiln locates arguments and ONBUILD's sub-instruction
+    # too, so that any node can be reported
+    node.start_line, node.end_line = start, end
+    for child in node.children:
+        _set_lines(child, start, end)
+    for arg in node.args():
+        _set_lines(arg, start, end)
 
 
 def _trim_continuation(line: str, d: _Directives) -> tuple[str, bool]:
