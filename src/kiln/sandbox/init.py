@@ -47,9 +47,11 @@ class Reporter:
         self.fd = fd
 
     def send(self, **message: Any) -> None:
+        # One write per message: below PIPE_BUF (always, but for absurdly long paths) it cannot
+        # interleave with another process's message.
         line = json.dumps(message).encode() + b"\n"
         try:
-            os.write(self.fd, line[:4000])  # below PIPE_BUF: never interleaved with other writers
+            os.write(self.fd, line)
         except OSError:
             pass  # kiln is gone; our death signal follows
 

@@ -80,8 +80,12 @@ class _Reports:
         self._partial += data
         *lines, self._partial = self._partial.split(b"\n")
         for line in lines:
-            if line.strip():
-                self._apply(json.loads(line))
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # torn by a concurrent writer (only possible beyond PIPE_BUF)
+            if isinstance(message, dict):
+                self._apply(message)
 
     def _apply(self, message: dict[str, Any]) -> None:
         if "pid1" in message:
