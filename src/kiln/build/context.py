@@ -154,14 +154,18 @@ class BuildContext(SourceTree):
 
     def walk(self, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
         """Every visible entry below directory `rel`, parents before children, sorted."""
-        for name in self.listdir(rel):
-            child = join(rel, name)
+        stack = [iter([join(rel, n) for n in self.listdir(rel)])]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+                continue
             st = self.raw_lstat(child)
             if st is None:
                 continue
             yield child, st
             if stat.S_ISDIR(st.st_mode):
-                yield from self.walk(child)
+                stack.append(iter([join(child, n) for n in self.listdir(child)]))
 
     # -- ownership and content -----------------------------------------------------------
 
@@ -169,7 +173,7 @@ class BuildContext(SourceTree):
         return 0, 0
 
     def sha256(self, rel: str, st: os.stat_result) -> str:
-        key = os.fspath(self.host(rel))
+        key = os.fsencode(self.host(rel))
         cached = self.stat_cache.lookup(key, st)
         if cached is not None:
             return cached

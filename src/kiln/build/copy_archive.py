@@ -153,6 +153,7 @@ def plan_archive(
 ) -> None:
     """Plan the members of archive `path` under directory `dest` (kept open on `stack`)."""
     what = f"{plan.where}{plan.what} {path.name}"
+    plan.ensure_parents(dest)
     plan.ensure_dir(dest)
     tf = stack.enter_context(open_tar(path, compression, tmp_dir))
     try:
@@ -164,6 +165,7 @@ def plan_archive(
         if not rel:
             continue  # '.': the destination keeps its metadata
         target = f"{dest}/{rel}" if dest else rel
+        plan.ensure_parents(target, (0, 0))  # Untar makes missing parents 0755 root, --chown or not
         if m.issym():
             check_symlink(rel, m.linkname, what)
         if m.islnk():

@@ -122,8 +122,9 @@ class DestPlan:
         planned.entry.name = rel
         self.entries[rel] = planned
 
-    def ensure_dir(self, rel: str) -> None:
-        """`rel` as a directory: planned already, existing (kept as is) or created."""
+    def ensure_dir(self, rel: str, owner: tuple[int, int] | None = None) -> None:
+        """`rel` as a directory: planned already, existing (kept as is) or created (by
+        `owner`, default the plan's created-directory owner)."""
         if not rel or rel in self.entries:
             if rel and self.entries[rel].entry.type is not EntryType.DIR:
                 raise self.fail(f"cannot copy to non-directory: /{rel}")
@@ -143,14 +144,14 @@ class DestPlan:
                 xattrs=self._rootfs_tree.xattrs(rel),
             )
         else:
-            uid, gid = self.created_owner
+            uid, gid = owner or self.created_owner
             entry = TarEntry(rel, EntryType.DIR, mode=0o755, uid=uid, gid=gid, mtime=self.created_mtime)
         self.entries[rel] = Planned(entry)
 
-    def ensure_parents(self, rel: str) -> None:
+    def ensure_parents(self, rel: str, owner: tuple[int, int] | None = None) -> None:
         parts = split_path(rel)
         for i in range(1, len(parts)):
-            self.ensure_dir("/".join(parts[:i]))
+            self.ensure_dir("/".join(parts[:i]), owner)
 
     # -- output ----------------------------------------------------------------------------------
 

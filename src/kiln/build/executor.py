@@ -22,6 +22,8 @@ from typing import BinaryIO, cast
 
 from kiln.build.cache import StepCache, step_key
 from kiln.build.config_edit import add_history, apply_change, for_format
+from kiln.build.context import BuildContext
+from kiln.build.copy import copy_cache_digest, write_copy_layer
 from kiln.build.diff import write_upper_as_layer
 from kiln.build.image import Image, Layer, chain_ids, load_image, write_image
 from kiln.build.log import BuildLog, StepLog
@@ -40,7 +42,9 @@ from kiln.build.plan import (
     StageSource,
     Step,
 )
+from kiln.build.run_step import run_step
 from kiln.build.snapshots import Snapshots, discard
+from kiln.build.users import resolve_user
 from kiln.errors import BuildError, ImageNotFoundError, KilnError
 from kiln.oci.digest import Digest
 from kiln.oci.layer_writer import LayerWriter
@@ -77,6 +81,7 @@ class Executor:
         self.cached_steps = 0
         self.run_steps = 0
         self._created = _timestamp(options.source_date_epoch)
+        self._build_context: BuildContext | None = None
 
     # -- plan -----------------------------------------------------------------------------
 
@@ -113,15 +118,22 @@ class Executor:
         no_cache = self.options.no_cache or stage.name in self.options.no_cache_stages
         for n, step in enumerate(stage.steps, 1):
             label = f"[{stage.label} {n}/{total}] {step.created_by}"
-            inputs = self._cache_inputs(step, futures)
+            inputs = self._cache_inputs(step, futures, plan.platform)
             key = step_key(key, step, **inputs)
+            record = None if no_cache else self.cache.get(key)
             if isinstance(step, MetaStep) and not _needs_fs(step):
+                # Config-only steps go through the cache too, so an unchanged rebuild reproduces
+                # the same history timestamps and therefore the same image digest.
+                if record is not None:
+                    image.config = record.config
+                    continue
                 for change in step.changes:
                     apply_change(image.config, change)
                 add_history(image.config, self._created, step.created_by, empty_layer=True)
+                image.config.created = self._created
+                self.cache.put(key, None, image.config)
                 continue
             steplog = self.log.step(label)
-            record = None if no_cache else self.cache.get(key)
             if record is not None:
                 if record.layer is not None:
                     image.layers.append(record.layer)
@@ -138,6 +150,7 @@ class Executor:
             if layer is not None:
                 image.layers.append(layer)
             add_history(image.config, self._created, step.created_by, empty_layer=layer is None)
+            image.config.created = self._created
             self.cache.put(key, layer, image.config)
             steplog.done()
             with self._counts_lock:
@@ -184,22 +197,26 @@ class Executor:
 
     # -- cache inputs ---------------------------------------------------------------------
 
-    def _cache_inputs(self, step: Step, futures: dict[int, Future[StageResult]]) -> dict[str, str]:
+    def _cache_inputs(self, step: Step, futures: dict[int, Future[StageResult]], platform: Platform) -> dict[str, str]:
         if isinstance(step, CopyStep):
             src = step.source_from
             if isinstance(src, StageSource):
                 return {"source": futures[src.stage].result().key}
             if isinstance(src, ImageSource):
-                return {"source": src.ref}
-            if step.sources:
-                from kiln.build.copy import copy_cache_digest
-
-                return {"source": copy_cache_digest(step, self._context_dir(step), self._context())}
+                return {"source": str(self.resolve_image(src.ref, platform).manifest_digest)}
+            root = self.options.context_dir or self.snapshots.scratch
+            return {"source": copy_cache_digest(step, root, self._context() if step.sources else None)}
         if isinstance(step, RunStep):
             out = {}
             for i, m in enumerate(step.mounts):
-                if m.type == "bind" and isinstance(m.source_from, StageSource):
+                if m.type != "bind":
+                    continue
+                if isinstance(m.source_from, StageSource):
                     out[f"mount{i}"] = futures[m.source_from.stage].result().key
+                elif m.source_from is None and self.options.context_dir is not None:
+                    # what a context bind mount shows is an input of the step, like COPY's sources
+                    probe = CopyStep(sources=(m.source or ".",), dest="/mnt/")
+                    out[f"mount{i}"] = copy_cache_digest(probe, self.options.context_dir, self._context())
             return out
         return {}
 
@@ -208,12 +225,14 @@ class Executor:
             raise BuildError(f"line {step.line}: COPY needs a build context")
         return self.options.context_dir
 
-    def _context(self) -> object:
-        from kiln.build.context import BuildContext
-
+    def _context(self) -> BuildContext | None:
+        """One BuildContext per build, so its ignore rules are read once and its stat cache is shared."""
         if self.options.context_dir is None:
             return None
-        return BuildContext.for_store(self.options.context_dir, self.store)
+        with self._counts_lock:
+            if self._build_context is None:
+                self._build_context = BuildContext.for_store(self.options.context_dir, self.store, dockerfile=self.options.dockerfile)
+            return self._build_context
 
     # -- running steps ------------------------------------------------------------------
 
@@ -223,8 +242,6 @@ class Executor:
             return self._meta_with_fs(step, image, lowers)
         if isinstance(step, CopyStep):
             return self._copy(plan, step, image, lowers, futures)
-        from kiln.build.run_step import run_step
-
         upper, work = self.snapshots.new_upper()
         try:
             run_step(self, step, image, lowers, upper, work, futures, steplog)
@@ -237,15 +254,13 @@ class Executor:
 
     def _meta_with_fs(self, step: MetaStep, image: Image, lowers: list[Path]) -> Layer | None:
         """WORKDIR: the directory is created (as a layer) when the image does not have it."""
-        from kiln.build.users import resolve_user
-
         for change in step.changes:
             apply_change(image.config, change)
         workdir = image.config.config.working_dir or "/"
         with merged_view(lowers, self.snapshots.scratch) as view:
             if os.path.isdir(_inside(view, workdir)):
                 return None
-            uid, gid, _ = resolve_user(view, image.config.config.user or "root")
+            uid, gid, _ = resolve_user(view, image.config.config.user or "0")
         upper, _work = self.snapshots.new_upper()
         try:
             _mkdirs(upper, workdir, uid, gid)
@@ -257,9 +272,6 @@ class Executor:
         return layer
 
     def _copy(self, plan: Plan, step: CopyStep, image: Image, lowers: list[Path], futures: dict[int, Future[StageResult]]) -> Layer:
-        from kiln.build.context import BuildContext
-        from kiln.build.copy import write_copy_layer
-
         with contextlib.ExitStack() as stack:
             src_root: Path
             context: BuildContext | None = None
@@ -272,13 +284,17 @@ class Executor:
                 src_root = stack.enter_context(merged_view(self.snapshots.ensure(other.layers), self.snapshots.scratch))
             elif isinstance(src, ContextSource) and step.sources:
                 src_root = self._context_dir(step)
-                context = BuildContext.for_store(src_root, self.store)
+                context = self._context()
             else:
                 src_root = stack.enter_context(self._scratch_dir("nosrc-"))
-            dest = None if step.link else stack.enter_context(merged_view(lowers, self.snapshots.scratch))
+            view = stack.enter_context(merged_view(lowers, self.snapshots.scratch))
+            # --link: the layer must not depend on what is below it; only --chown names are looked up.
+            dest = None if step.link else view
             epoch = self.options.source_date_epoch
             layer = self._layer_from(
-                lambda w: write_copy_layer(step, src_root, dest, w, context=context, source_date_epoch=epoch)
+                lambda w: write_copy_layer(
+                    step, src_root, dest, w, context=context, source_date_epoch=epoch, user_rootfs=view, tmp_dir=self.snapshots.scratch
+                )
             )
         self.snapshots.ensure([*image.layers, layer])
         return layer

@@ -19,6 +19,7 @@ A context walker prunes an excluded directory only when `might_include_children(
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,10 @@ def _compile(pattern: str) -> tuple[int, re.Pattern[str] | None]:
     if kind != _REGEXP:
         return kind, None
     try:
-        return kind, re.compile(regex + r"\Z")
+        with warnings.catch_warnings():
+            # `[[` is a valid class in Go's syntax; Python only warns that it may change meaning
+            warnings.simplefilter("ignore", FutureWarning)
+            return kind, re.compile(regex + r"\Z")
     except re.error as e:
         raise IgnorePatternError(f"invalid .dockerignore pattern {pattern!r}: {e}") from None
 

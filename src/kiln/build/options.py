@@ -12,6 +12,7 @@ from kiln.registry.options import RegistryOptions
 @dataclass(frozen=True)
 class BuildOptions:
     context_dir: Path | None = None
+    dockerfile: Path | None = None  # picks a Dockerfile-specific .dockerignore
     #: secret id -> file holding it (``--secret id=ID,src=PATH``); the value never enters a plan.
     secrets: dict[str, Path] = field(default_factory=dict)
     #: secret id -> environment variable holding it (``--secret id=ID,env=VAR``).

@@ -56,7 +56,7 @@ def run_step(
 ) -> None:
     with contextlib.ExitStack() as stack:
         with merged_view(lowers, ex.snapshots.scratch) as view:
-            uid, gid, groups = resolve_user(view, step.user or image.config.config.user or "root")
+            uid, gid, groups = resolve_user(view, step.user or image.config.config.user or "0")
         env = dict(step.env)
         env.setdefault("PATH", DEFAULT_PATH)
         mounts = [m for rm in step.mounts if (m := _mount(ex, stack, rm, step, env, futures)) is not None]

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS files_v1 (
+    path BLOB PRIMARY KEY,
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     size INTEGER NOT NULL,
@@ -48,7 +48,7 @@ def stat_key(st: os.stat_result) -> StatKey:
 
 
 class StatCache:
-    """path + stat key -> sha256 hex, persisted in SQLite; counts its hits and misses."""
+    """path (bytes: names need not be UTF-8) + stat key -> sha256 hex, in SQLite; counts hits and misses."""
 
     RETRIES = 20
 
@@ -57,7 +57,7 @@ class StatCache:
         self.racy_window_ns = racy_window_ns
         self.hits = 0
         self.misses = 0
-        self._pending: list[tuple[str, int, int, int, int, int, str]] = []
+        self._pending: list[tuple[bytes, int, int, int, int, int, str]] = []
         self._db: sqlite3.Connection | None = None
         if path is not None:
             try:
@@ -90,7 +90,7 @@ class StatCache:
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
 
-    def lookup(self, path: str, st: os.stat_result) -> str | None:
+    def lookup(self, path: bytes, st: os.stat_result) -> str | None:
         if self._db is None:
             self.misses += 1
             return None
@@ -98,7 +98,7 @@ class StatCache:
         try:
             row = self._retry(
                 lambda: db.execute(
-                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files WHERE path = ?", (path,)
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files_v1 WHERE path = ?", (path,)
                 ).fetchone()
             )
         except sqlite3.Error as e:
@@ -110,7 +110,7 @@ class StatCache:
         self.misses += 1
         return None
 
-    def remember(self, path: str, st: os.stat_result, sha256: str, hashed_at_ns: int) -> None:
+    def remember(self, path: bytes, st: os.stat_result, sha256: str, hashed_at_ns: int) -> None:
         """Queue a hash computed when the clock read `hashed_at_ns` (written by `flush`)."""
         if self._db is None:
             return
@@ -129,7 +129,7 @@ class StatCache:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(
-                    "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
+                    "INSERT OR REPLACE INTO files_v1 (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )

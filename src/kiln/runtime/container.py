@@ -81,7 +81,7 @@ def run_container(snapshots: Snapshots, image: Image, spec: RunSpec) -> RunOutco
     upper, work = snapshots.new_upper()
     with contextlib.ExitStack() as stack:
         with merged_view(lowers, snapshots.scratch) as view:
-            uid, gid, groups = resolve_user(view, spec.user or cfg.user or "root")
+            uid, gid, groups = resolve_user(view, spec.user or cfg.user or "0")
         if not lowers:
             empty = upper.parent / "empty"
             empty.mkdir()
