@@ -151,6 +151,15 @@ def test_digest_does_not_depend_on_the_context_owner(ctx_dir: Path) -> None:
     assert BuildContext.open(ctx_dir).digest_of(["app"]) == base
 
 
+def test_names_that_are_not_utf8(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.txt")  # latin-1 bytes: a surrogate-escaped str
+    (tmp_path / name).write_text("x")
+    db = tmp_path / "c.sqlite"
+    key = BuildContext.open(tmp_path, stat_cache=StatCache(db, racy_window_ns=0)).digest_of([name])
+    again = BuildContext.open(tmp_path, stat_cache=StatCache(db, racy_window_ns=0))
+    assert again.digest_of([name]) == key and again.stats.cache_hits == 1
+
+
 def test_symlink_targets_count(ctx_dir: Path) -> None:
     os.symlink("main.py", ctx_dir / "app" / "link")
     base = BuildContext.open(ctx_dir).digest_of(["app"])
@@ -231,7 +240,7 @@ def test_concurrent_builds_share_the_cache(tmp_path: Path, ctx_dir: Path) -> Non
     assert len(results) == 40 and len(set(results)) == 1
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT count(*) FROM files").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM files_v1").fetchone()[0] == 8
 
 
 def test_corrupt_cache_is_only_a_warning(tmp_path: Path, ctx_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

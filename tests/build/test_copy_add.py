@@ -115,6 +115,14 @@ def test_local_archives_are_extracted_by_content(tmp_path: Path, kind: str) -> N
     assert data["opt/pkgs/abs/file"] == b"abs"
 
 
+def test_archive_owners_ignore_chown_but_created_destination_uses_it(tmp_path: Path) -> None:
+    (tmp_path / "a.tar").write_bytes(make_tar())
+    members, _ = build(add("a.tar", dest="/srv/x", chown="9:9"), tmp_path, context=BuildContext.open(tmp_path))
+    assert (members["srv"].uid, members["srv/x"].uid) == (9, 9)  # made by the ADD: --chown
+    assert members["srv/x/pkg/lib"].uid == 0  # implied by the archive: root, as Untar does
+    assert members["srv/x/pkg/bin/alias"].uid == 7  # the archive's own owner
+
+
 def test_copy_never_extracts_and_non_tars_are_copied_as_files(tmp_path: Path) -> None:
     (tmp_path / "a.tar").write_bytes(make_tar())
     (tmp_path / "notes.gz").write_bytes(gzip.compress(b"just text, not a tar"))
