@@ -19,12 +19,28 @@ from kiln.build.ignore import (
 
 def test_read_patterns_normalises_like_docker() -> None:
     text = "\ufeff# comment\n\n  *.pyc  \r\n/abs/path\n ./build/ \n!/keep/../kept\n!  spaced\n  # not a comment\n!\n"
-    assert read_ignore_patterns(text) == ["*.pyc", "abs/path", "build", "!kept", "!spaced", "# not a comment", "!"]
+    assert read_ignore_patterns(text) == [
+        "*.pyc",
+        "abs/path",
+        "build",
+        "!kept",
+        "!spaced",
+        "# not a comment",
+        "!",
+    ]
 
 
 @pytest.mark.parametrize(
     ("path", "cleaned"),
-    [("", "."), ("a//b/./c/", "a/b/c"), ("a/../..", ".."), ("/../a", "/a"), ("../a/..", ".."), ("./", "."), ("/", "/")],
+    [
+        ("", "."),
+        ("a//b/./c/", "a/b/c"),
+        ("a/../..", ".."),
+        ("/../a", "/a"),
+        ("../a/..", ".."),
+        ("./", "."),
+        ("/", "/"),
+    ],
 )
 def test_go_clean(path: str, cleaned: str) -> None:
     assert go_clean(path) == cleaned

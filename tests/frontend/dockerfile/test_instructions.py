@@ -63,9 +63,18 @@ def test_stages_meta_args_and_directives() -> None:
     assert isinstance(df, Dockerfile)
     assert df.directive("syntax") == "docker/dockerfile:1"
     assert df.escape == "\\"
-    assert [a.args for a in df.meta_args] == [(ArgDefinition("A", "1"), ArgDefinition("B")), (ArgDefinition("C"),)]
+    assert [a.args for a in df.meta_args] == [
+        (ArgDefinition("A", "1"), ArgDefinition("B")),
+        (ArgDefinition("C"),),
+    ]
     build, final = df.stages
-    assert (build.index, build.name, build.base, build.platform, build.line) == (0, "build", "golang:$A", "$BUILDPLATFORM", 4)
+    assert (build.index, build.name, build.base, build.platform, build.line) == (
+        0,
+        "build",
+        "golang:$A",
+        "$BUILDPLATFORM",
+        4,
+    )
     assert (final.index, final.name, final.base, final.platform, final.line) == (1, None, "scratch", None, 6)
     assert [type(i) for i in build.instructions] == [RunInstruction]
     assert df.stage("BUILD") is build and df.stage("1") is final and df.stage("nope") is None
@@ -115,7 +124,11 @@ def test_run_forms_and_defaults() -> None:
     shell = only("RUN echo $HOME && true")
     assert isinstance(shell, RunInstruction)
     assert (shell.command, shell.prepend_shell, shell.network, shell.security, shell.mounts) == (
-        ("echo $HOME && true",), True, "default", "sandbox", (),
+        ("echo $HOME && true",),
+        True,
+        "default",
+        "sandbox",
+        (),
     )
     exec_form = only('RUN ["/bin/echo", "hi"]')
     assert isinstance(exec_form, RunInstruction)
@@ -142,7 +155,16 @@ def test_run_mounts_are_typed() -> None:
     assert isinstance(run, RunInstruction)
     assert run.network == "none" and run.security == "insecure"
     assert run.mounts == (
-        Mount(type="cache", target="/root/.cache", id="pip", sharing="locked", readonly=False, mode=0o700, uid=1000, gid=1000),
+        Mount(
+            type="cache",
+            target="/root/.cache",
+            id="pip",
+            sharing="locked",
+            readonly=False,
+            mode=0o700,
+            uid=1000,
+            gid=1000,
+        ),
         Mount(type="secret", id="token", env="TOKEN", required=True, readonly=True),
         Mount(type="bind", from_="build", source="/out", target="/in", readonly=False),
         Mount(type="tmpfs", target="/tmp", size=64 * 1024 * 1024, readonly=False),
@@ -264,7 +286,12 @@ def test_label_and_arg() -> None:
     assert label.pairs == (KeyValue("org.opencontainers.image.title", '"kiln"'), KeyValue("version", "1"))
     arg = only('ARG A B=2 C="x y" D=')
     assert isinstance(arg, ArgInstruction)
-    assert arg.args == (ArgDefinition("A"), ArgDefinition("B", "2"), ArgDefinition("C", '"x y"'), ArgDefinition("D", ""))
+    assert arg.args == (
+        ArgDefinition("A"),
+        ArgDefinition("B", "2"),
+        ArgDefinition("C", '"x y"'),
+        ArgDefinition("D", ""),
+    )
 
 
 # ------------------------------------------------------------------- one-argument and lists
@@ -274,7 +301,9 @@ def test_simple_instructions() -> None:
     assert isinstance(u := only("USER app:staff"), UserInstruction) and u.user == "app:staff"
     assert isinstance(w := only("WORKDIR /srv/my app"), WorkdirInstruction) and w.path == "/srv/my app"
     assert isinstance(s := only("STOPSIGNAL SIGQUIT"), StopsignalInstruction) and s.signal == "SIGQUIT"
-    assert isinstance(m := only("MAINTAINER Jane <j@x>"), MaintainerInstruction) and m.maintainer == "Jane <j@x>"
+    assert (
+        isinstance(m := only("MAINTAINER Jane <j@x>"), MaintainerInstruction) and m.maintainer == "Jane <j@x>"
+    )
     assert isinstance(e := only("EXPOSE 80/tcp 53/udp 8080"), ExposeInstruction)
     assert e.ports == ("80/tcp", "53/udp", "8080")
     assert isinstance(sh := only('SHELL ["pwsh", "-c"]'), ShellInstruction) and sh.shell == ("pwsh", "-c")
@@ -315,7 +344,11 @@ def test_healthcheck_cmd_with_durations() -> None:
     assert isinstance(check, HealthcheckInstruction)
     assert check.test == ("CMD-SHELL", "curl -f http://localhost/")
     assert (check.interval, check.timeout, check.start_period, check.start_interval, check.retries) == (
-        90_000_000_000, 2_500_000_000, 0, 500_000_000, 3,
+        90_000_000_000,
+        2_500_000_000,
+        0,
+        500_000_000,
+        3,
     )
     exec_form = only('HEALTHCHECK cmd ["/check", "--quick"]')
     assert isinstance(exec_form, HealthcheckInstruction) and exec_form.test == ("CMD", "/check", "--quick")
@@ -346,8 +379,17 @@ def test_healthcheck_errors(line: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "nanos"),
-    [("0", 0), ("1h2m3.5s", 3_723_500_000_000), ("1.5ms", 1_500_000), ("-1s", -1_000_000_000),
-     ("+2m", 120_000_000_000), ("300us", 300_000), ("7µs", 7_000), (".5s", 500_000_000), ("1h1h", 7_200_000_000_000)],
+    [
+        ("0", 0),
+        ("1h2m3.5s", 3_723_500_000_000),
+        ("1.5ms", 1_500_000),
+        ("-1s", -1_000_000_000),
+        ("+2m", 120_000_000_000),
+        ("300us", 300_000),
+        ("7µs", 7_000),
+        (".5s", 500_000_000),
+        ("1h1h", 7_200_000_000_000),
+    ],
 )
 def test_go_durations(text: str, nanos: int) -> None:
     assert parse_duration(text) == nanos
@@ -402,12 +444,23 @@ def test_copy_flags_and_sources() -> None:
         "COPY --from=build --chown=app:app --chmod=0755 --link --exclude=*.md --exclude=tests/ --parents a b* /dst/"
     )
     assert isinstance(copy, CopyInstruction)
-    assert (copy.sources, copy.dest, copy.from_, copy.chown, copy.chmod) == (("a", "b*"), "/dst/", "build", "app:app", "0755")
+    assert (copy.sources, copy.dest, copy.from_, copy.chown, copy.chmod) == (
+        ("a", "b*"),
+        "/dst/",
+        "build",
+        "app:app",
+        "0755",
+    )
     assert copy.chmod_mode == Chmod("0755", octal=0o755)
     assert (copy.link, copy.parents, copy.excludes) == (True, True, ("*.md", "tests/"))
     json_form = only('COPY ["a b", "c", "/d e/"]')
     assert isinstance(json_form, CopyInstruction)
-    assert (json_form.sources, json_form.dest, json_form.link, json_form.from_) == (("a b", "c"), "/d e/", False, None)
+    assert (json_form.sources, json_form.dest, json_form.link, json_form.from_) == (
+        ("a b", "c"),
+        "/d e/",
+        False,
+        None,
+    )
 
 
 def test_add_flags() -> None:
@@ -427,7 +480,10 @@ def test_copy_heredoc_sources() -> None:
     copy = only("COPY <<-one <<'two' src /dst/\n\tfirst $X\n\tone\nsecond $X\ntwo")
     assert isinstance(copy, CopyInstruction)
     assert copy.sources == ("src",)
-    assert copy.contents == (SourceContent("one", "first $X\n", True), SourceContent("two", "second $X\n", False))
+    assert copy.contents == (
+        SourceContent("one", "first $X\n", True),
+        SourceContent("two", "second $X\n", False),
+    )
 
 
 def test_chmod_with_a_variable_is_left_to_the_compiler() -> None:

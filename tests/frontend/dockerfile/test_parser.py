@@ -165,7 +165,7 @@ def test_env_label_and_arg_words_keep_quotes() -> None:
 
 
 def test_env_without_equals_mixing_is_an_error() -> None:
-    with pytest.raises(DockerfileError, match="can't find = in \"B\""):
+    with pytest.raises(DockerfileError, match='can\'t find = in "B"'):
         parse("FROM a\nENV A=1 B\n")
 
 
@@ -218,8 +218,16 @@ def test_chomp_strips_tabs_before_the_terminator_and_on_request_in_content() -> 
 
 
 def test_quoted_delimiters_disable_expansion() -> None:
-    docs = [nodes(f"FROM a\nRUN {opener}\nx\nEOF\n")[1].heredocs[0] for opener in ("<<EOF", "<<'EOF'", '<<"EOF"', '<<E"O"F')]
-    assert [(d.name, d.expand) for d in docs] == [("EOF", True), ("EOF", False), ("EOF", False), ("EOF", False)]
+    docs = [
+        nodes(f"FROM a\nRUN {opener}\nx\nEOF\n")[1].heredocs[0]
+        for opener in ("<<EOF", "<<'EOF'", '<<"EOF"', '<<E"O"F')
+    ]
+    assert [(d.name, d.expand) for d in docs] == [
+        ("EOF", True),
+        ("EOF", False),
+        ("EOF", False),
+        ("EOF", False),
+    ]
 
 
 def test_heredoc_with_file_descriptor_and_in_onbuild() -> None:

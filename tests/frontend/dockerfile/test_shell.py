@@ -27,7 +27,7 @@ EXPANSIONS = [
     ("hello", "hello"),
     ("he'llo'", "hello"),
     ("he\\'llo", "he'llo"),
-    ("\"he'llo\"", "he'llo"),
+    ('"he\'llo"', "he'llo"),
     ("'he\"llo'", 'he"llo'),
     ("'$PWD'", "$PWD"),
     ('"$PWD"', "/home"),
@@ -160,7 +160,10 @@ def test_backtick_escape_token() -> None:
 
 def test_raw_modes_keep_quotes_escapes_and_unset_references() -> None:
     lexer = ShellLexer(raw_quotes=True, raw_escapes=True, skip_unset_env=True)
-    assert lexer.process_word("'a' \\\"$X ${Y:-z} ${Z#p} $PWD", {"PWD": "/h"}).result == "'a' \\\"$X ${Y:-z} ${Z#p} /h"
+    assert (
+        lexer.process_word("'a' \\\"$X ${Y:-z} ${Z#p} $PWD", {"PWD": "/h"}).result
+        == "'a' \\\"$X ${Y:-z} ${Z#p} /h"
+    )
 
 
 def test_skip_process_quotes_treats_quotes_as_text() -> None:

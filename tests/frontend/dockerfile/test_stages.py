@@ -27,7 +27,11 @@ def scopes(
     args = build_args or {}
     global_args = resolve_global_args(df.meta_args, args, PLATFORM, df.escape)
     return stage_scopes(
-        df.stages[stage].instructions, global_args=global_args, build_args=args, base_env=base_env, escape=df.escape
+        df.stages[stage].instructions,
+        global_args=global_args,
+        build_args=args,
+        base_env=base_env,
+        escape=df.escape,
     )
 
 
@@ -42,7 +46,12 @@ def test_platform_args() -> None:
 
 def test_global_scope_for_from_lines() -> None:
     df = parse_dockerfile("ARG REG=docker.io\nARG IMG=$REG/base-$TARGETARCH TAG\nARG V=$X\nFROM $IMG\n")
-    assert resolve_global_args(df.meta_args, {}, PLATFORM) == {**PLATFORM, "REG": "docker.io", "IMG": "docker.io/base-arm64", "V": ""}
+    assert resolve_global_args(df.meta_args, {}, PLATFORM) == {
+        **PLATFORM,
+        "REG": "docker.io",
+        "IMG": "docker.io/base-arm64",
+        "V": "",
+    }
     # a --build-arg replaces the default and is not expanded itself
     overridden = resolve_global_args(df.meta_args, {"REG": "quay.io", "V": "$REG", "TAG": "1"}, PLATFORM)
     assert (overridden["IMG"], overridden["V"], overridden["TAG"]) == ("quay.io/base-arm64", "$REG", "1")
@@ -110,7 +119,9 @@ def test_args_on_one_line_see_each_other_and_env() -> None:
 
 
 def test_env_expands_quotes_keys_and_base_env() -> None:
-    _, run = scopes('FROM a\nENV PATH=/opt/bin:$PATH NAME="my app" $KEY=v\nRUN x\n', base_env={"PATH": "/bin", "KEY": "K"})
+    _, run = scopes(
+        'FROM a\nENV PATH=/opt/bin:$PATH NAME="my app" $KEY=v\nRUN x\n', base_env={"PATH": "/bin", "KEY": "K"}
+    )
     assert run.env == {"KEY": "K", "PATH": "/opt/bin:/bin", "NAME": "my app", "K": "v"}
     _, run = scopes('FROM a\nENV LEGACY "a b" c\nRUN x\n')
     assert run.env == {"LEGACY": "a b c"}

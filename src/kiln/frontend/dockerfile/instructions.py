@@ -267,7 +267,11 @@ class Dockerfile:
 
     def error(self, line: int, reason: str, end_line: int | None = None) -> DockerfileError:
         """A located error, for the compiler to report problems found after expansion."""
-        text = tuple(self.source_lines[i - 1] for i in range(line, (end_line or line) + 1) if 0 < i <= len(self.source_lines))
+        text = tuple(
+            self.source_lines[i - 1]
+            for i in range(line, (end_line or line) + 1)
+            if 0 < i <= len(self.source_lines)
+        )
         return DockerfileError(self.filename, line, reason, source_lines=text, end_line=end_line)
 
 
@@ -331,7 +335,7 @@ _MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 _MOUNT_KEYS = (
     "type", "from", "source", "src", "target", "dst", "destination", "readonly", "ro", "readwrite",
     "rw", "id", "sharing", "required", "mode", "uid", "gid", "env", "size",
-)
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -432,7 +436,12 @@ def _check_mount(m: Mount) -> None:
     if m.type == "secret":
         if m.from_:
             raise LineError("secret mount should not have a from")
-        if not (m.source or m.target or m.id or {"source", "src", "target", "dst", "destination", "id"} & m.deferred):
+        if not (
+            m.source
+            or m.target
+            or m.id
+            or {"source", "src", "target", "dst", "destination", "id"} & m.deferred
+        ):
             raise LineError("invalid secret mount. one of source, target required")
         if m.source and m.id:
             raise LineError("both source and id can't be set")
@@ -451,7 +460,9 @@ def _csv_fields(text: str) -> list[str]:
             while True:
                 j = text.find('"', i)
                 if j < 0:
-                    raise LineError(f'failed to parse csv mounts: extraneous or missing " in quoted-field: {text}')
+                    raise LineError(
+                        f'failed to parse csv mounts: extraneous or missing " in quoted-field: {text}'
+                    )
                 buf.append(text[i:j])
                 if text.startswith('"', j + 1):
                     buf.append('"')
@@ -460,7 +471,9 @@ def _csv_fields(text: str) -> list[str]:
                 i = j + 1
                 break
             if i < len(text) and text[i] != ",":
-                raise LineError(f'failed to parse csv mounts: extraneous or missing " in quoted-field: {text}')
+                raise LineError(
+                    f'failed to parse csv mounts: extraneous or missing " in quoted-field: {text}'
+                )
             out.append("".join(buf))
         else:
             j = text.find(",", i)
@@ -571,12 +584,23 @@ def parse_chmod(raw: str) -> Chmod:
                 perms = text[start:i]
             actions.append((op, perms))
         if not actions or i != len(text):
-            raise LineError(f"invalid chmod parameter: {raw!r}: expected octal digits or a symbolic mode like u+x,g=r")
+            raise LineError(
+                f"invalid chmod parameter: {raw!r}: expected octal digits or a symbolic mode like u+x,g=r"
+            )
         clauses.append(ChmodClause(who, tuple(actions)))
     return Chmod(raw, clauses=tuple(clauses))
 
 
-_DURATION_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "μs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 _DURATION_RE = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
 
 
@@ -615,12 +639,30 @@ def parse_duration(text: str) -> int:
 _FLAGS: dict[str, dict[str, str]] = {
     "from": {"platform": _STRING},
     "run": {"mount": _STRINGS, "network": _STRING, "security": _STRING},
-    "copy": {"from": _STRING, "chown": _STRING, "chmod": _STRING, "link": _BOOL, "exclude": _STRINGS, "parents": _BOOL},
-    "add": {
-        "chown": _STRING, "chmod": _STRING, "link": _BOOL, "exclude": _STRINGS,
-        "keep-git-dir": _BOOL, "checksum": _STRING, "unpack": _BOOL,
+    "copy": {
+        "from": _STRING,
+        "chown": _STRING,
+        "chmod": _STRING,
+        "link": _BOOL,
+        "exclude": _STRINGS,
+        "parents": _BOOL,
     },
-    "healthcheck": {"interval": _STRING, "timeout": _STRING, "start-period": _STRING, "start-interval": _STRING, "retries": _STRING},
+    "add": {
+        "chown": _STRING,
+        "chmod": _STRING,
+        "link": _BOOL,
+        "exclude": _STRINGS,
+        "keep-git-dir": _BOOL,
+        "checksum": _STRING,
+        "unpack": _BOOL,
+    },
+    "healthcheck": {
+        "interval": _STRING,
+        "timeout": _STRING,
+        "start-period": _STRING,
+        "start-interval": _STRING,
+        "retries": _STRING,
+    },
 }
 _STAGE_NAME_RE = re.compile(r"[a-z][a-z0-9-_.]*\Z")
 _ONBUILD_PREFIX_RE = re.compile(r"^[\t\n\f\r ]*ONBUILD[\t\n\f\r ]*", re.IGNORECASE)
@@ -638,7 +680,12 @@ class _Request:
         return _Flags(self.node.flags, _FLAGS.get(keyword or self.node.keyword, {}))
 
     def common(self) -> dict[str, Any]:
-        return {"line": self.line, "end_line": self.end_line, "original": self.node.original, "flags": tuple(self.node.flags)}
+        return {
+            "line": self.line,
+            "end_line": self.end_line,
+            "original": self.node.original,
+            "flags": tuple(self.node.flags),
+        }
 
 
 def _node_args(node: Node) -> list[str]:
@@ -689,7 +736,9 @@ def _parse_from(req: _Request) -> FromInstruction:
     if len(args) == 3 and args[1].lower() == "as":
         name = args[2].lower()
         if not _STAGE_NAME_RE.match(name):
-            raise LineError(f"invalid name for build stage: {args[2]!r}, name can't start with a number or contain symbols")
+            raise LineError(
+                f"invalid name for build stage: {args[2]!r}, name can't start with a number or contain symbols"
+            )
     elif len(args) != 1:
         raise LineError("FROM requires either one or three arguments")
     return FromInstruction(base=args[0], name=name, platform=req.flags().string("platform"), **req.common())
@@ -705,9 +754,14 @@ def _parse_run(req: _Request) -> RunInstruction:
         raise LineError(f"security {security!r} is not valid")
     specs = flags.strings("mount")
     return RunInstruction(
-        command=_json_args(req), prepend_shell=not req.node.is_json, heredocs=req.heredocs,
-        mount_specs=specs, mounts=tuple(parse_mount(spec) for spec in specs),
-        network=network, security=security, **req.common(),
+        command=_json_args(req),
+        prepend_shell=not req.node.is_json,
+        heredocs=req.heredocs,
+        mount_specs=specs,
+        mounts=tuple(parse_mount(spec) for spec in specs),
+        network=network,
+        security=security,
+        **req.common(),
     )
 
 
@@ -738,8 +792,13 @@ def _parse_healthcheck(req: _Request) -> HealthcheckInstruction:
             raise LineError(f"--retries cannot be negative ({retries})")
     test = ("CMD", *command) if req.node.is_json else ("CMD-SHELL", *command)
     return HealthcheckInstruction(
-        test=test, interval=interval, timeout=timeout, start_period=start_period,
-        start_interval=start_interval, retries=retries, **req.common(),
+        test=test,
+        interval=interval,
+        timeout=timeout,
+        start_period=start_period,
+        start_interval=start_interval,
+        retries=retries,
+        **req.common(),
     )
 
 
@@ -783,7 +842,9 @@ def _parse_volume(req: _Request) -> VolumeInstruction:
 
 def _require_destination(req: _Request, name: str) -> None:
     if len(req.args) < 2:
-        raise LineError(f"{name} requires at least two arguments, but only one was provided. Destination could not be determined")
+        raise LineError(
+            f"{name} requires at least two arguments, but only one was provided. Destination could not be determined"
+        )
 
 
 def _file_fields(req: _Request, name: str, flags: _Flags) -> dict[str, Any]:
@@ -798,13 +859,20 @@ def _file_fields(req: _Request, name: str, flags: _Flags) -> dict[str, Any]:
             paths.append(src)
             continue
         data = docs[doc.name].content if doc.name in docs else ""
-        contents.append(SourceContent(doc.name, chomp_heredoc_content(data) if doc.chomp else data, doc.expand))
+        contents.append(
+            SourceContent(doc.name, chomp_heredoc_content(data) if doc.chomp else data, doc.expand)
+        )
     chmod = flags.string("chmod") or None
     return {
-        "sources": tuple(paths), "contents": tuple(contents), "dest": dest,
-        "chown": flags.string("chown") or None, "chmod": chmod,
+        "sources": tuple(paths),
+        "contents": tuple(contents),
+        "dest": dest,
+        "chown": flags.string("chown") or None,
+        "chmod": chmod,
         "chmod_mode": parse_chmod(chmod) if chmod and "$" not in chmod else None,
-        "link": flags.boolean("link"), "excludes": flags.strings("exclude"), **req.common(),
+        "link": flags.boolean("link"),
+        "excludes": flags.strings("exclude"),
+        **req.common(),
     }
 
 
@@ -819,7 +887,9 @@ def parse_heredoc_quietly(word: str) -> Heredoc | None:
 def _parse_copy(req: _Request) -> CopyInstruction:
     _require_destination(req, "COPY")
     flags = req.flags()
-    return CopyInstruction(from_=flags.string("from"), parents=flags.boolean("parents"), **_file_fields(req, "COPY", flags))
+    return CopyInstruction(
+        from_=flags.string("from"), parents=flags.boolean("parents"), **_file_fields(req, "COPY", flags)
+    )
 
 
 def _parse_add(req: _Request) -> AddInstruction:
@@ -827,7 +897,9 @@ def _parse_add(req: _Request) -> AddInstruction:
     flags = req.flags()
     unpack = flags.boolean("unpack") if "unpack" in flags.values else None
     return AddInstruction(
-        checksum=flags.string("checksum"), keep_git_dir=flags.boolean("keep-git-dir"), unpack=unpack,
+        checksum=flags.string("checksum"),
+        keep_git_dir=flags.boolean("keep-git-dir"),
+        unpack=unpack,
         **_file_fields(req, "ADD", flags),
     )
 
@@ -916,7 +988,11 @@ def parse_dockerfile(text: str | bytes, filename: str = "Dockerfile") -> Dockerf
         elif isinstance(instruction, ArgInstruction):
             meta_args.append(instruction)
         else:
-            raise result.error(node.start_line, f"{instruction.keyword} before the first FROM: no build stage in current context (only ARG may precede FROM)", node.end_line)
+            raise result.error(
+                node.start_line,
+                f"{instruction.keyword} before the first FROM: no build stage in current context (only ARG may precede FROM)",
+                node.end_line,
+            )
     return Dockerfile(
         filename=filename,
         directives=result.directives,

@@ -286,7 +286,9 @@ def parse(source: str | bytes, filename: str = "Dockerfile") -> ParseResult:
                 content.append(raw)
             if not terminated:
                 raise fail(start, current, f"unterminated heredoc {doc.name!r}")
-            child.heredocs.append(Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, "".join(content)))
+            child.heredocs.append(
+                Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, "".join(content))
+            )
         _add_child(root, child, start, current)
         comments = []
 
@@ -541,7 +543,9 @@ def _parse_name_val(rest: str, key: str, d: _Directives) -> Node | None:
     values: list[str] = []
     for word in words:
         if "=" not in word:
-            raise LineError(f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value")
+            raise LineError(
+                f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value"
+            )
         name, value = word.split("=", 1)
         values += [name, value, "="]
     return _chain(values)
