@@ -263,3 +263,55 @@ def test_kiln_sandbox_nests_inside_a_kiln_sandbox(sandbox: Sandbox) -> None:
     assert [line.split() for line in lines[1:3]] == [["0", "0", "1"], ["1", "1", "65536"]]
     # ... and has a PID namespace of its own.
     assert int(lines[3]) < 6
+
+
+def test_terminal_ctrl_c_reaches_kiln_once(sandbox: Sandbox, marker: str) -> None:
+    """^C on kiln's terminal: the kernel signals the whole foreground group, so the outer kiln
+    must not forward a second SIGINT (which could interrupt the inner kiln's cleanup)."""
+    arg = unique_sleep(marker)
+    rootfs = sandbox.rootfs()
+    script = f"trap '' INT; sleep {arg} & echo started; sleep {arg}"
+    argv, result_file = sandbox.argv({"rootfs": str(rootfs), "argv": ["sh", "-c", script]})
+    # The inner kiln reports every SIGINT it gets on stderr, then behaves as by default.
+    probe = (
+        "import signal, sys, runpy\n"
+        "def count(n, f):\n"
+        "    sys.stderr.write('SIGINT\\n'); sys.stderr.flush(); raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, count)\n"
+        "sys.argv = ['kiln.sandbox', *sys.argv[1:]]\n"
+        "runpy.run_module('kiln.sandbox', run_name='__main__', alter_sys=True)\n"
+    )
+    argv = [argv[0], "-c", probe, *argv[3:]]
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        ["setsid", "--ctty", *sandbox.rootless.setpriv_argv(argv)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=sandbox.rootless.builder_env(),
+        cwd=sandbox.work,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        while b"started" not in seen:
+            chunk = os.read(master, 4096)
+            assert chunk, seen
+            seen += chunk
+        os.write(master, b"\x03")  # ^C typed at the terminal
+        assert proc.wait(60) == 128 + signal.SIGINT
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every process holding the terminal is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert seen.count(b"SIGINT\r\n") == 1, seen
+    assert host_processes_matching(f"sleep {arg}") == []
+    assert not result_file.exists() or "exit_code" not in result_file.read_text()
