@@ -374,3 +374,15 @@ def test_special_files_fifo(ctx_dir: Path) -> None:
     os.mkfifo(ctx_dir / "pipe")
     layer = build(copy("pipe", dest="/d/"), ctx_dir, context=BuildContext.open(ctx_dir))
     assert layer["d/pipe"].isfifo()
+
+
+def test_names_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9")
+    (tmp_path / name).write_text("x")
+    out = io.BytesIO()
+    writer = LayerWriter(out, "none")
+    write_copy_layer(copy(name, dest="/d/"), tmp_path, None, writer, context=BuildContext.open(tmp_path))
+    writer.close()
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
+        assert [m.name for m in tf] == ["d", "d/" + name]

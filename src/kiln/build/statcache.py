@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,7 @@ class StatCache:
         self.misses = 0
         self._pending: list[tuple[bytes, int, int, int, int, int, str]] = []
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one connection, possibly used by several build threads
         if path is not None:
             try:
                 self._db = self._retry(lambda: self._open(path))
@@ -96,11 +98,12 @@ class StatCache:
             return None
         db = self._db
         try:
-            row = self._retry(
-                lambda: db.execute(
-                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files_v1 WHERE path = ?", (path,)
-                ).fetchone()
-            )
+            with self._lock:
+                row = self._retry(
+                    lambda: db.execute(
+                        "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files_v1 WHERE path = ?", (path,)
+                    ).fetchone()
+                )
         except sqlite3.Error as e:
             self._disable(e)
             row = None
@@ -116,14 +119,16 @@ class StatCache:
             return
         if hashed_at_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.racy_window_ns:
             return  # racy: the file may still change within its timestamp granularity
-        self._pending.append((path, *stat_key(st), sha256))
+        with self._lock:
+            self._pending.append((path, *stat_key(st), sha256))
 
     def flush(self) -> None:
-        if self._db is None or not self._pending:
-            self._pending.clear()
-            return
-        db, rows = self._db, self._pending
-        self._pending = []
+        with self._lock:
+            if self._db is None or not self._pending:
+                self._pending.clear()
+                return
+            db, rows = self._db, self._pending
+            self._pending = []
 
         def write() -> None:
             db.execute("BEGIN IMMEDIATE")
@@ -139,7 +144,8 @@ class StatCache:
             db.execute("COMMIT")
 
         try:
-            self._retry(write)
+            with self._lock:
+                self._retry(write)
         except sqlite3.Error as e:
             self._disable(e)
 
