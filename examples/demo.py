@@ -1,0 +1,86 @@
+"""`make demo`: build the example images rootless with kiln, push them to a loopback
+registry, pull them into a fresh store and run them. Nothing comes from the internet.
+
+Runs as root (like `make demo`), but every kiln command runs as the unprivileged user
+`builder`, in its own user namespace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.registry import Registry  # noqa: E402
+from tests.fixtures.rootless import Rootless  # noqa: E402
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m==> {title}\033[0m", flush=True)
+
+
+def main() -> int:
+    base = Path(tempfile.mkdtemp(prefix="kiln-demo-", dir="/tmp"))
+    rootless = Rootless(base / "rootless")
+    work = rootless.builder_tmpdir("demo-")
+    try:
+        with Registry.plain(base / "registry") as registry:
+            print(f"registry: docker-registry (CNCF distribution) at {registry.url}, pid {registry.pid}")
+            env = {"KILN_STORE": str(work / "store")}
+
+            def kiln(*args: str, store: str | None = None) -> str:
+                cmd = rootless.kiln_argv(*args)
+                print("$ kiln " + " ".join(args), flush=True)
+                extra = {**env, "KILN_STORE": store} if store else env
+                result = rootless.run_as_builder(cmd, cwd=work, env=extra, timeout=600)
+                sys.stdout.write(result.stdout)
+                sys.stderr.write(result.stderr)
+                if result.returncode != 0:
+                    raise SystemExit(f"demo: kiln {args[0]} failed with exit code {result.returncode}")
+                return result.stdout
+
+            busybox_ctx = work / "busybox"
+            shutil.copytree(REPO / "examples" / "busybox", busybox_ctx)
+            shutil.copy2("/bin/busybox", busybox_ctx / "busybox")
+            hello_ctx = work / "hello"
+            shutil.copytree(REPO / "examples" / "hello", hello_ctx)
+            subprocess.run(["chown", "-R", "builder:builder", str(work)], check=True)
+
+            base_ref = f"{registry.host}/demo/busybox:latest"
+            app_ref = f"{registry.host}/demo/hello:latest"
+
+            step("build a busybox base image from Debian's busybox-static, rootless, and push it")
+            t0 = time.monotonic()
+            kiln("build", "--progress", "plain", "-t", base_ref, "--push", str(busybox_ctx))
+            step("build a two-stage app on it (cache mount, COPY --from, --chown, USER)")
+            kiln("build", "--progress", "plain", "-t", app_ref, "--build-arg", f"BASE={base_ref}", "--push", str(hello_ctx))
+            step("rebuild the app: every step comes from the cache")
+            kiln("build", "--progress", "plain", "-t", app_ref, "--build-arg", f"BASE={base_ref}", str(hello_ctx))
+            built = time.monotonic() - t0
+
+            step("pull the app into an empty store and run it")
+            fresh = str(work / "fresh-store")
+            kiln("pull", "--progress", "plain", app_ref, store=fresh)
+            kiln("images", store=fresh)
+            out = kiln("run", app_ref, store=fresh)
+            kiln("run", app_ref, "id", store=fresh)
+            step("copy registry to registry, and inspect")
+            kiln("copy", "--progress", "plain", app_ref, f"{registry.host}/demo/hello:copy")
+            kiln("inspect", "--remote", f"{registry.host}/demo/hello:copy")
+            if "Hello from an image built by kiln" not in out:
+                print("demo: the app did not print its message", file=sys.stderr)
+                return 1
+            print(f"\ndemo: OK (builds took {built:.1f}s)")
+        return 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
