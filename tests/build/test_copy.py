@@ -386,3 +386,12 @@ def test_names_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
     out.seek(0)
     with tarfile.open(fileobj=out, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
         assert [m.name for m in tf] == ["d", "d/" + name]
+
+
+def test_low_level_failures_name_the_instruction(ctx_dir: Path) -> None:
+    os.symlink("loop2", ctx_dir / "loop1")
+    os.symlink("loop1", ctx_dir / "loop2")
+    with pytest.raises(KilnError, match=r"^line 7: COPY failed: too many levels of symbolic links"):
+        build(copy("loop1", dest="/d/"), ctx_dir, context=BuildContext.open(ctx_dir))
+    with pytest.raises(KilnError, match=r"^line 7: COPY failed: --exclude: "):
+        build(copy(".", dest="/d/", excludes=("!",)), ctx_dir, context=BuildContext.open(ctx_dir))

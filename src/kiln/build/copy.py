@@ -29,20 +29,21 @@ import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.build.chmod import Chmod, parse_chmod
 from kiln.build.context import BuildContext
 from kiln.build.copy_archive import archive_compression, plan_archive
-from kiln.build.copy_patterns import filters
+from kiln.build.copy_patterns import PatternError, filters
 from kiln.build.copy_plan import CopyError, DestPlan, Planned
 from kiln.build.copy_select import SourceItem, SourceNode, expand_parents_source, expand_source, walk_item
 from kiln.build.fetch_url import UrlFetcher
 from kiln.build.ignore import IgnoreMatcher
 from kiln.build.plan import CopyStep
-from kiln.build.rootpath import clean_path
-from kiln.build.source_tree import DIGEST_VERSION, SourceTree, join
+from kiln.build.rootpath import SymlinkLoopError, clean_path
+from kiln.build.source_tree import DIGEST_VERSION, SourceReadError, SourceTree, join
 from kiln.build.users import resolve_chown
 from kiln.errors import KilnError
 from kiln.oci.digest import Digest
@@ -76,6 +77,18 @@ def destination(step: CopyStep) -> tuple[str, bool]:
     return "/" + clean_path(full), is_dir
 
 
+@contextlib.contextmanager
+def _reported(step: CopyStep) -> Iterator[None]:
+    """Low-level failures (unreadable files, symlink loops, bad patterns) as one-line errors
+    naming the instruction and its line."""
+    try:
+        yield
+    except (SymlinkLoopError, SourceReadError, PatternError) as e:
+        raise CopyError(f"{_where(step)}{instruction(step)} failed: {e}") from None
+    except OSError as e:
+        raise CopyError(f"{_where(step)}{instruction(step)} failed: {e.filename or ''}: {e.strerror}") from None
+
+
 def _tree(src_root: Path, context: BuildContext | None) -> SourceTree:
     return context if context is not None else SourceTree(src_root)
 
@@ -102,13 +115,14 @@ def copy_cache_digest(
     never its mtime. Context files are hashed through the stat cache. URLs count by their
     --checksum when given (no download), else by their downloaded content."""
     tree = _tree(src_root, context)
-    excludes = filters(step.excludes, "--exclude")
     h = hashlib.sha256(DIGEST_VERSION + b"copy\n")
-    for item in _items(step, tree, excludes):
-        h.update(f"item\0{item.index}\0{item.rel}\0{item.name}\n".encode("utf-8", "surrogateescape"))
-        nodes = sorted(walk_item(tree, item, excludes=excludes), key=lambda n: encode_name(n.rel))
-        for node in nodes:
-            h.update(tree.record(node.rel, node.src, node.st))
+    with _reported(step):
+        excludes = filters(step.excludes, "--exclude")
+        for item in _items(step, tree, excludes):
+            h.update(f"item\0{item.index}\0{item.rel}\0{item.name}\n".encode("utf-8", "surrogateescape"))
+            nodes = sorted(walk_item(tree, item, excludes=excludes), key=lambda n: encode_name(n.rel))
+            for node in nodes:
+                h.update(tree.record(node.rel, node.src, node.st))
     tree.flush()
     with contextlib.ExitStack() as stack:
         for url in step.urls:
@@ -246,7 +260,7 @@ def write_copy_layer(
     """
     tree = _tree(src_root, context)
     files = nbytes = 0
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _reported(step):
         if fetcher is None:
             fetcher = stack.enter_context(UrlFetcher(tmp_dir))
         created = source_date_epoch if source_date_epoch is not None else 0
