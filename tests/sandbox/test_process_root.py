@@ -335,3 +335,11 @@ def test_overlay_with_many_deep_layers_and_awkward_names(tmp_path: Path) -> None
     root = OverlayRootfs((*reversed(layers), str(base)), str(upper), str(work))
     result = sh(root, "ls / | grep -c '^file'; cat /file000 /file119")
     assert text(result).split() == ["120", "0", "119"]
+
+
+def test_large_stdin_and_a_command_that_ignores_it(rootfs: Path) -> None:
+    data = b"x" * (3 << 20)  # larger than any pipe buffer
+    counted = run(ProcessSpec(rootfs=str(rootfs), argv=["wc", "-c"], env=dict(PATH_ENV), stdin=data))
+    assert text(counted).strip() == str(len(data))
+    ignored = run(ProcessSpec(rootfs=str(rootfs), argv=["true"], env=dict(PATH_ENV), stdin=data))
+    assert ignored.exit_code == 0

@@ -155,13 +155,15 @@ def _run_staged(spec: ProcessSpec, staging: str) -> ProcessResult:
     output = OutputBuffer(spec.on_output, spec.tail_limit)
     reports = _Reports()
     timed_out = False
+    stdin = _StdinFeeder(stdin_w, spec.stdin or b"")
     try:
-        timed_out = _pump(proc, out_r, report_r, stdin_w, spec.stdin or b"", deadline, output, reports)
+        timed_out = _pump(proc, out_r, report_r, stdin, deadline, output, reports)
+        output.close()  # a last line without newline
     except BaseException:
         _kill(proc)
         raise
     finally:
-        output.close()
+        stdin.close()
         for fd in (out_r, report_r):
             os.close(fd)
         _cleanup_placeholders(spec, reports.placeholders)
@@ -169,12 +171,37 @@ def _run_staged(spec: ProcessSpec, staging: str) -> ProcessResult:
     return _result(proc, reports, output.tail, timed_out, duration)
 
 
+class _StdinFeeder:
+    """Writes the spec's stdin bytes without blocking, then closes the pipe (EOF for the command)."""
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        self.fd = fd
+        self.data = data
+        self.offset = 0
+        if fd >= 0:
+            os.set_blocking(fd, False)
+
+    def write(self) -> bool:
+        """Write what the pipe takes; True once everything is written (or the reader is gone)."""
+        try:
+            self.offset += os.write(self.fd, self.data[self.offset : self.offset + _CHUNK])
+        except BlockingIOError:
+            return False
+        except BrokenPipeError:
+            return True
+        return self.offset >= len(self.data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _pump(
     proc: subprocess.Popen[bytes],
     out_r: int,
     report_r: int,
-    stdin_w: int,
-    stdin_data: bytes,
+    stdin: _StdinFeeder,
     deadline: float | None,
     output: OutputBuffer,
     reports: _Reports,
@@ -182,14 +209,12 @@ def _pump(
     """Move bytes until output and reports reach EOF (the sandbox is gone). True if timed out."""
     timed_out = False
     kill_deadline: float | None = None
+    handlers: dict[int, Callable[[bytes], None]] = {out_r: output.feed, report_r: reports.feed}
     with selectors.DefaultSelector() as sel:
-        handlers: dict[int, Callable[[bytes], None]] = {out_r: output.feed, report_r: reports.feed}
         for fd in handlers:
             sel.register(fd, selectors.EVENT_READ)
-        if stdin_w >= 0:
-            os.set_blocking(stdin_w, False)
-            sel.register(stdin_w, selectors.EVENT_WRITE)
-        offset = 0
+        if stdin.fd >= 0:
+            sel.register(stdin.fd, selectors.EVENT_WRITE)
         while handlers:
             next_deadline = kill_deadline if timed_out else deadline
             events = sel.select(None if next_deadline is None else max(0.0, next_deadline - time.monotonic()))
@@ -203,27 +228,17 @@ def _pump(
                     kill_deadline = time.monotonic() + _KILL_GRACE
                 continue
             for key, _ in events:
-                fd = key.fd
-                if fd == stdin_w:
-                    try:
-                        offset += os.write(stdin_w, stdin_data[offset : offset + _CHUNK])
-                    except (BrokenPipeError, BlockingIOError) as exc:
-                        if isinstance(exc, BlockingIOError):
-                            continue
-                        offset = len(stdin_data)
-                    if offset >= len(stdin_data):
-                        sel.unregister(stdin_w)
-                        os.close(stdin_w)
-                        stdin_w = -1
+                if key.fd == stdin.fd:
+                    if stdin.write():
+                        sel.unregister(stdin.fd)
+                        stdin.close()
                     continue
-                data = os.read(fd, _CHUNK)
+                data = os.read(key.fd, _CHUNK)
                 if data:
-                    handlers[fd](data)
+                    handlers[key.fd](data)
                 else:
-                    sel.unregister(fd)
-                    del handlers[fd]
-        if stdin_w >= 0:
-            os.close(stdin_w)
+                    sel.unregister(key.fd)
+                    del handlers[key.fd]
     proc.wait()
     return timed_out
 
