@@ -242,9 +242,13 @@ class Executor:
             return self._meta_with_fs(step, image, lowers)
         if isinstance(step, CopyStep):
             return self._copy(plan, step, image, lowers, futures)
+        return self._layer_in_upper(image, lambda upper, work: run_step(self, step, image, lowers, upper, work, futures, steplog))
+
+    def _layer_in_upper(self, image: Image, fill: Callable[[Path, Path], None]) -> Layer:
+        """Let ``fill`` change a fresh (upper, work) pair; its upper becomes the layer and the snapshot."""
         upper, work = self.snapshots.new_upper()
         try:
-            run_step(self, step, image, lowers, upper, work, futures, steplog)
+            fill(upper, work)
             layer = self._layer_from(lambda w: write_upper_as_layer(upper, w))
             self._adopt(image, layer, upper)
         except BaseException:
@@ -261,15 +265,7 @@ class Executor:
             if os.path.isdir(_inside(view, workdir)):
                 return None
             uid, gid, _ = resolve_user(view, image.config.config.user or "0")
-        upper, _work = self.snapshots.new_upper()
-        try:
-            _mkdirs(upper, workdir, uid, gid)
-            layer = self._layer_from(lambda w: write_upper_as_layer(upper, w))
-            self._adopt(image, layer, upper)
-        except BaseException:
-            discard(upper.parent)
-            raise
-        return layer
+        return self._layer_in_upper(image, lambda upper, _work: _mkdirs(upper, workdir, uid, gid))
 
     def _copy(self, plan: Plan, step: CopyStep, image: Image, lowers: list[Path], futures: dict[int, Future[StageResult]]) -> Layer:
         with contextlib.ExitStack() as stack:

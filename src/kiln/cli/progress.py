@@ -18,6 +18,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from kiln.registry.progress import NullProgress
+
 
 def human_size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
@@ -103,16 +105,7 @@ class RichTransferProgress:
         self._progress.stop()
 
 
-class QuietProgress:
-    def start(self, id: str, label: str, total: int | None) -> None:
-        pass
-
-    def advance(self, id: str, n: int) -> None:
-        pass
-
-    def done(self, id: str, status: str) -> None:
-        pass
-
+class QuietProgress(NullProgress):
     def close(self) -> None:
         pass
 
