@@ -395,3 +395,13 @@ def test_low_level_failures_name_the_instruction(ctx_dir: Path) -> None:
         build(copy("loop1", dest="/d/"), ctx_dir, context=BuildContext.open(ctx_dir))
     with pytest.raises(KilnError, match=r"^line 7: COPY failed: --exclude: "):
         build(copy(".", dest="/d/", excludes=("!",)), ctx_dir, context=BuildContext.open(ctx_dir))
+
+
+def test_dangling_symlink_matched_by_a_wildcard(ctx_dir: Path) -> None:
+    os.symlink("nowhere", ctx_dir / "zz-dangling")
+    with pytest.raises(KilnError, match=r"^line 7: COPY failed: zz-dangling: the symlink's target"):
+        build(copy("zz*", dest="/d/"), ctx_dir, context=BuildContext.open(ctx_dir))
+    # inside a copied directory a dangling link is just a link
+    os.symlink("nowhere", ctx_dir / "src" / "dangling")
+    layer = build(copy("src", dest="/d"), ctx_dir, context=BuildContext.open(ctx_dir))
+    assert layer["d/dangling"].issym()

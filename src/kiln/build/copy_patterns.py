@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from kiln.build.ignore import IgnoreMatcher, IgnorePatternError
-from kiln.build.rootpath import split_path
 from kiln.errors import KilnError
 
 
@@ -107,11 +106,6 @@ def _go_glob_regex(pattern: str) -> re.Pattern[str]:
 def go_match(pattern: str, name: str) -> bool:
     """Go `filepath.Match(pattern, name)` for one path component (or several, '/'-separated)."""
     return _go_glob_regex(pattern).fullmatch(name) is not None
-
-
-def check_go_pattern(pattern: str) -> None:
-    for part in split_path(pattern):
-        _go_glob_regex(part)
 
 
 # -- dockerignore patterns (kiln.build.ignore) used as filters ------------------------------------

@@ -10,6 +10,7 @@ layer in archive order: sorted by path bytes, parents first.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -42,8 +43,6 @@ class Planned:
             return open(self.path, "rb", buffering=0)
         if self.opener is not None:
             return self.opener()
-        import io
-
         return io.BytesIO(self.data or b"")
 
 

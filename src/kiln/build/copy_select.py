@@ -120,8 +120,11 @@ def expand_source(
         if excludes is not None and excludes.is_excluded(rel[len(base) + 1 :] if base else rel):
             continue
         found = _follow(tree, rel)
-        if found is None:
-            continue  # a dangling symlink, or one whose target is excluded
+        if found is None:  # a dangling symlink (or one to an excluded file): BuildKit fails too
+            raise SourceError(
+                f"{where}{what} failed: {rel}: the symlink's target is not in the build context or the source "
+                f"(source {spec!r})"
+            )
         real, st = found
         items.append(SourceItem(index, spec, rel, real, st, rel.rpartition("/")[2]))
     if not items:
