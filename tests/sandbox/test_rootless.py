@@ -315,3 +315,17 @@ def test_terminal_ctrl_c_reaches_kiln_once(sandbox: Sandbox, marker: str) -> Non
     assert seen.count(b"SIGINT\r\n") == 1, seen
     assert host_processes_matching(f"sleep {arg}") == []
     assert not result_file.exists() or "exit_code" not in result_file.read_text()
+
+
+def test_run_in_userns_helper_removes_files_of_subordinate_ids(sandbox: Sandbox) -> None:
+    rootfs = sandbox.rootfs()
+    done, _ = sandbox.run({"rootfs": str(rootfs), "argv": ["sh", "-c", "mkdir -p /t/d && echo x > /t/d/f && chown -R 1000:1000 /t"]})
+    assert done.returncode == 0, done.stderr
+    plain = sandbox.rootless.run_as_builder(["rm", "-rf", str(rootfs / "t")])
+    assert plain.returncode != 0 and (rootfs / "t" / "d" / "f").exists()  # builder alone cannot
+    code = "import sys; from kiln.sandbox import run_in_userns; sys.exit(run_in_userns(sys.argv[1:]))"
+    helper = sandbox.rootless.run_as_builder(
+        sandbox.rootless.python_argv("-c", code, "sh", "-c", f"id -u; rm -rf {rootfs / 't'}; exit 3")
+    )
+    assert (helper.returncode, helper.stdout) == (3, "0\n"), helper.stderr
+    assert not (rootfs / "t").exists()

@@ -49,7 +49,7 @@ def main() -> None:
         os._exit(125)  # the parent died before the death signal was armed
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
-        os.execv(argv[0], argv)
+        os.execvp(argv[0], argv)
     except OSError as exc:
         print(f"kiln: cannot exec {argv[0]}: {exc.strerror}", file=sys.stderr)
         os._exit(127)

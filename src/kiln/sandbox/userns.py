@@ -160,7 +160,8 @@ def run_in_userns(
 ) -> int:
     """Run ``argv`` as uid 0 in a new user namespace, forwarding signals; return its exit code.
 
-    Signals are 128+n. Usable for helper commands (e.g. reading files owned by mapped subuids).
+    ``argv[0]`` is looked up in PATH. Signals are 128+n. Usable for helper commands (e.g. removing
+    or reading files owned by mapped subordinate ids), like `buildah unshare`.
     """
     plan = plan or plan_mapping()
     if plan.warning:
