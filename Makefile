@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := docker-registry skopeo umoci runc uidmap busybox-static apache2-utils bubblewrap \
-                buildah python3-venv python3-dev git
+                buildah podman python3-venv python3-dev git
 BUILDER_USER := builder
 
 .PHONY: setup venv system-packages builder-user test lint typecheck pytest demo bench clean
