@@ -343,3 +343,14 @@ def test_large_stdin_and_a_command_that_ignores_it(rootfs: Path) -> None:
     assert text(counted).strip() == str(len(data))
     ignored = run(ProcessSpec(rootfs=str(rootfs), argv=["true"], env=dict(PATH_ENV), stdin=data))
     assert ignored.exit_code == 0
+
+
+def test_concurrent_runs_from_worker_threads(rootfs: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> str:
+        return text(sh(str(rootfs), f"echo run-{i}; hostname", hostname=f"h{i}"))
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(one, range(8)))
+    assert outputs == [f"run-{i}\nh{i}\n" for i in range(8)]
