@@ -25,6 +25,7 @@ from kiln.build.config_edit import add_history, apply_change, for_format
 from kiln.build.context import BuildContext
 from kiln.build.copy import copy_cache_digest, write_copy_layer
 from kiln.build.diff import write_upper_as_layer
+from kiln.build.fetch_url import UrlFetcher
 from kiln.build.image import Image, Layer, chain_ids, load_image, write_image
 from kiln.build.log import BuildLog, StepLog
 from kiln.build.options import BuildOptions
@@ -82,10 +83,18 @@ class Executor:
         self.run_steps = 0
         self._created = _timestamp(options.source_date_epoch)
         self._build_context: BuildContext | None = None
+        self._fetcher: UrlFetcher | None = None
 
     # -- plan -----------------------------------------------------------------------------
 
     def build(self, plan: Plan) -> BuildResult:
+        try:
+            return self._build(plan)
+        finally:
+            if self._fetcher is not None:
+                self._fetcher.close()
+
+    def _build(self, plan: Plan) -> BuildResult:
         needed = plan.needed_stages()
         futures: dict[int, Future[StageResult]] = {}
         times: dict[str, float] = {}
@@ -205,7 +214,7 @@ class Executor:
             if isinstance(src, ImageSource):
                 return {"source": str(self.resolve_image(src.ref, platform).manifest_digest)}
             root = self.options.context_dir or self.snapshots.scratch
-            return {"source": copy_cache_digest(step, root, self._context() if step.sources else None)}
+            return {"source": copy_cache_digest(step, root, self._context() if step.sources else None, fetcher=self._url_fetcher())}
         if isinstance(step, RunStep):
             out = {}
             for i, m in enumerate(step.mounts):
@@ -233,6 +242,13 @@ class Executor:
             if self._build_context is None:
                 self._build_context = BuildContext.for_store(self.options.context_dir, self.store, dockerfile=self.options.dockerfile)
             return self._build_context
+
+    def _url_fetcher(self) -> UrlFetcher:
+        """One per build: ADD URLs are downloaded once for the cache key and the layer both."""
+        with self._counts_lock:
+            if self._fetcher is None:
+                self._fetcher = UrlFetcher(self.snapshots.scratch)
+            return self._fetcher
 
     # -- running steps ------------------------------------------------------------------
 
@@ -289,7 +305,8 @@ class Executor:
             epoch = self.options.source_date_epoch
             layer = self._layer_from(
                 lambda w: write_copy_layer(
-                    step, src_root, dest, w, context=context, source_date_epoch=epoch, user_rootfs=view, tmp_dir=self.snapshots.scratch
+                    step, src_root, dest, w, context=context, source_date_epoch=epoch, user_rootfs=view,
+                    tmp_dir=self.snapshots.scratch, fetcher=self._url_fetcher(),
                 )
             )
         self.snapshots.ensure([*image.layers, layer])
