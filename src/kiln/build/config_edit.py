@@ -42,6 +42,8 @@ def apply_change(config: ImageConfig, change: ConfigChange) -> None:
         cfg.shell = list(value)
     elif op == "onbuild":
         cfg.on_build = [*(cfg.on_build or []), value]
+    elif op == "onbuild_clear":
+        cfg.on_build = None
     elif op == "maintainer":
         config.author = value
     elif op == "args_escaped":

@@ -141,6 +141,7 @@ class ConfigChange:
         "onbuild",  # value: str (the raw trigger instruction)
         "maintainer",  # value: str (config.author)
         "args_escaped",
+        "onbuild_clear",  # value: None (a stage consumed its base's ONBUILD triggers; they are not inherited)
     ]
     value: Any = None
 
@@ -213,7 +214,7 @@ class Plan:
         return order
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self, dict_factory=_json_fields)
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -228,6 +229,11 @@ class Plan:
             for n, step in enumerate(st.steps, 1):
                 lines.append(f"  [{n}/{len(st.steps)}] {step.kind:<4} {step.created_by}")
         return "\n".join(lines)
+
+
+def _json_fields(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Platform is a pydantic model, which asdict() copies as is and json cannot encode
+    return {k: v.to_dict() if isinstance(v, Platform) else v for k, v in items}
 
 
 def _src(src: BaseSource | CopyFrom) -> str:
