@@ -227,7 +227,9 @@ class Plan:
             mark = "" if st.index in needed else "  (skipped: not needed for the target)"
             lines.append(f"stage {st.index} {st.label!r} from {_src(st.base)}{mark}")
             for n, step in enumerate(st.steps, 1):
-                lines.append(f"  [{n}/{len(st.steps)}] {step.kind:<4} {step.created_by}")
+                # one line per step: a heredoc RUN's history string spans several
+                shown = step.created_by.replace("\n", "\\n")
+                lines.append(f"  [{n}/{len(st.steps)}] {step.kind:<4} {shown}")
         return "\n".join(lines)
 
 
