@@ -95,7 +95,12 @@ class _Graph:
     """The stages of one Dockerfile, their bases and dependencies; the `Sources` of the compiler."""
 
     def __init__(
-        self, df: Dockerfile, build_args: Mapping[str, str], platform: Platform, resolve: ConfigResolver, target: str | None
+        self,
+        df: Dockerfile,
+        build_args: Mapping[str, str],
+        platform: Platform,
+        resolve: ConfigResolver,
+        target: str | None,
     ) -> None:
         self.df = df
         self.platform = platform
@@ -287,7 +292,9 @@ class _Graph:
         stages: list[PlanStage] = []
         for st in self.df.stages:
             i, base = st.index, self.bases[st.index]
-            stage = PlanStage(index=i, name=st.name or "", base=base, platform=self.platforms[i], line=st.line)
+            stage = PlanStage(
+                index=i, name=st.name or "", base=base, platform=self.platforms[i], line=st.line
+            )
             if i in needed:
                 if isinstance(base, StageSource):
                     state = finals[base.stage].child()

@@ -24,7 +24,9 @@ from kiln.frontend.dockerfile.shell import ShellLexer
 _RAW_LEXER = ShellLexer("\\", skip_process_quotes=True)
 
 
-def compile_copy(ctx: Context, state: StageState, ins: CopyInstruction | AddInstruction, stage: int) -> CopyStep:
+def compile_copy(
+    ctx: Context, state: StageState, ins: CopyInstruction | AddInstruction, stage: int
+) -> CopyStep:
     is_add = isinstance(ins, AddInstruction)
     env = state.scope.env
     sources = [ctx.expand(s, env) for s in ins.sources]
@@ -44,7 +46,11 @@ def compile_copy(ctx: Context, state: StageState, ins: CopyInstruction | AddInst
     local: list[str] = []
     for src in sources:
         if is_git_source(src):
-            raise LineError("ADD of a Git repository is not supported by kiln yet" if is_add else "source can't be a git ref for COPY")
+            raise LineError(
+                "ADD of a Git repository is not supported by kiln yet"
+                if is_add
+                else "source can't be a git ref for COPY"
+            )
         if src.startswith(("http://", "https://")):
             if not is_add:
                 raise LineError("source can't be a URL for COPY")

@@ -56,7 +56,9 @@ def compile_meta(ctx: Context, state: StageState, ins: Instruction) -> MetaStep 
         return _arg(ctx, state, ins)
     if isinstance(ins, EnvInstruction):
         pairs = [(ctx.expand(p.key, env), ctx.expand(p.value, env)) for p in ins.pairs]
-        state.scope = state.scope.apply(ins, global_args=ctx.global_args, build_args=ctx.build_args, escape=ctx.escape)
+        state.scope = state.scope.apply(
+            ins, global_args=ctx.global_args, build_args=ctx.build_args, escape=ctx.escape
+        )
         changes = [ConfigChange("env", [k, v]) for k, v in pairs]
         created_by = "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
     elif isinstance(ins, LabelInstruction):
@@ -202,7 +204,9 @@ def parse_port_spec(raw: str) -> list[str]:
         except ValueError:
             raise LineError(f"invalid hostPort: {host_port}") from None
         if end - start != host_end - host_start and end != start:
-            raise LineError(f"invalid ranges specified for container and host Ports: {container} and {host_port}")
+            raise LineError(
+                f"invalid ranges specified for container and host Ports: {container} and {host_port}"
+            )
     return [f"{port}/{proto}" for port in range(start, end + 1)]
 
 

@@ -77,7 +77,9 @@ class StageState:
         """The starting state of a stage built FROM this (finished) one."""
         return replace(
             self,
-            scope=Scope(dict(self.scope.env), dict(self.scope.image_env), dict(self.scope.args), self.scope.proxy_env),
+            scope=Scope(
+                dict(self.scope.env), dict(self.scope.image_env), dict(self.scope.args), self.scope.proxy_env
+            ),
             declared_args=list(self.declared_args),
             on_build=list(self.on_build),
             cmd=None,
