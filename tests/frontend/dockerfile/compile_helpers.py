@@ -25,16 +25,20 @@ def image(
     )
 
 
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @dataclass
 class Resolver:
-    """resolve_config for tests: configs by reference, every call recorded."""
+    """resolve_config for tests: configs by reference (default: one with only a PATH, as
+    typical base images have), every call recorded."""
 
     configs: Mapping[str, ImageConfig] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
 
     def __call__(self, ref: str) -> ImageConfig:
         self.calls.append(ref)
-        return self.configs.get(ref, ImageConfig())
+        return self.configs.get(ref, image([PATH]))
 
 
 def compile_text(

@@ -23,8 +23,10 @@ from kiln.frontend.dockerfile.compile import build_platform
 from kiln.frontend.dockerfile.parser import DockerfileError
 from kiln.oci.models import ImageConfig, Platform
 from tests.frontend.dockerfile.compile_helpers import (
+    PATH,
     Resolver,
     compile_text,
+    copies,
     copy1,
     image,
     meta1,
@@ -129,7 +131,11 @@ def test_copy_from_stage_image_and_index() -> None:
         """,
         resolver=resolver,
     )
-    assert [c.source_from for c in steps(plan)] == [StageSource(0), StageSource(0), ImageSource("nginx:1.25")]
+    assert [c.source_from for c in copies(plan)] == [
+        StageSource(0),
+        StageSource(0),
+        ImageSource("nginx:1.25"),
+    ]
     assert plan.needed_stages() == [0, 2]
     assert resolver.calls == ["alpine"]  # an image named by --from is the executor's to pull
 
@@ -210,6 +216,12 @@ def test_from_expands_meta_args_with_build_arg_overrides() -> None:
 def test_platform_args_can_be_overridden_by_build_args() -> None:
     plan = compile_text("FROM img:$TARGETOS-$BUILDARCH\n", build_args={"TARGETOS": "other"})
     assert plan.stages[0].base == ImageSource(f"img:other-{build_platform().split('/')[1]}")
+
+
+def test_targetstage_names_the_target() -> None:
+    text = "FROM img:$TARGETSTAGE AS first\nFROM img:$TARGETSTAGE\n"
+    assert compile_text(text, target="first").stages[0].base == ImageSource("img:first")
+    assert compile_text(text).stages[1].base == ImageSource("img:default")
 
 
 def test_from_errors_are_located() -> None:
@@ -361,6 +373,9 @@ def test_proxy_build_args_reach_run_but_not_history() -> None:
     run = run1(plan)
     assert dict(run.env)["HTTP_PROXY"] == "http://user:pw@proxy:3128"
     assert dict(run.env)["no_proxy"] == "localhost"
+    # BuildKit's exec sets each proxy in both spellings
+    assert dict(run.env)["http_proxy"] == "http://user:pw@proxy:3128"
+    assert dict(run.env)["NO_PROXY"] == "localhost"
     assert run.created_by == "RUN |1 V=1 /bin/sh -c apk add curl # buildkit"
     assert metas(plan)[0].created_by == "ARG no_proxy"
     assert "user:pw" not in plan.describe()
@@ -406,6 +421,32 @@ def test_base_image_state_starts_the_stage() -> None:
     assert copy1(plan).workdir == "/app/sub"
 
 
+def test_a_base_without_path_gets_buildkits_default_in_the_config_too() -> None:
+    default = PATH.partition("=")[2]
+    plan = compile_text(
+        """
+        FROM scratch AS s
+        COPY app /app
+        FROM scratch AS t
+        RUN true
+        ENV PATH=/opt/bin:$PATH
+        FROM t
+        COPY --from=s /app /app
+        ENV X=1
+        """
+    )
+    only_copy = steps(plan, 0)
+    assert isinstance(only_copy[0], MetaStep) and only_copy[0].created_by == f"ENV PATH={default}"
+    assert only_copy[0].changes == (ConfigChange("env", ["PATH", default]),)
+    # folded into the first MetaStep: no history entry of its own, as in BuildKit
+    assert dict(run1(plan, 1).env)["PATH"] == default
+    assert meta1(plan, 1).changes == (
+        ConfigChange("env", ["PATH", default]),
+        ConfigChange("env", ["PATH", f"/opt/bin:{default}"]),
+    )
+    assert meta1(plan, 2).changes == (ConfigChange("env", ["X", "1"]),)  # the parent stage had it
+
+
 def test_expansion_errors_are_located() -> None:
     with pytest.raises(DockerfileError) as err:
         compile_text("FROM alpine\nENV A=1\nWORKDIR ${MISSING:?must be set}\n")
@@ -432,7 +473,7 @@ def test_errors_in_stages_the_target_does_not_need_are_ignored() -> None:
 
 def test_base_image_onbuild_triggers_run_first_and_are_not_inherited() -> None:
     resolver = Resolver(
-        {"onbuild-base": image(on_build=["ARG MODE=release", "RUN make $MODE", "COPY . /src"])}
+        {"onbuild-base": image([PATH], on_build=["ARG MODE=release", "RUN make $MODE", "COPY . /src"])}
     )
     plan = compile_text(
         """
@@ -460,10 +501,13 @@ def test_base_image_onbuild_triggers_run_first_and_are_not_inherited() -> None:
 
 
 def test_onbuild_clear_gets_its_own_step_when_the_stage_has_no_meta_step() -> None:
-    plan = compile_text("FROM onb\nRUN x\n", resolver=Resolver({"onb": image(on_build=["RUN y"])}))
-    assert [s.kind for s in steps(plan)] == ["run", "run", "meta"]
-    last = steps(plan)[-1]
-    assert isinstance(last, MetaStep) and last.changes == (ConfigChange("onbuild_clear"),) and last.line == 1
+    plan = compile_text("FROM onb\nRUN x\n", resolver=Resolver({"onb": image([PATH], on_build=["RUN y"])}))
+    assert [s.kind for s in steps(plan)] == ["meta", "run", "run"]
+    first = steps(plan)[0]
+    assert (
+        isinstance(first, MetaStep) and first.changes == (ConfigChange("onbuild_clear"),) and first.line == 1
+    )
+    assert first.created_by == "ONBUILD triggers of the base consumed"
 
 
 def test_onbuild_trigger_can_pull_in_a_stage() -> None:
@@ -610,5 +654,5 @@ def test_docstring_examples(module: str) -> None:
 
 
 def test_meta1_helper_sanity() -> None:
-    plan = compile_text("FROM scratch\nUSER nobody\n")
+    plan = compile_text("FROM alpine\nUSER nobody\n")
     assert meta1(plan).changes == (ConfigChange("user", "nobody"),)

@@ -19,7 +19,7 @@ Images a `RUN --mount=from=` names become extra stages after the file's own.
     ...     "FROM alpine AS build\\nRUN make\\nFROM scratch\\nCOPY --from=build /out /\\n",
     ...     filename="Dockerfile", build_args={}, target=None, platform=Platform(),
     ...     image_format="oci", resolve_config=lambda ref: ImageConfig())
-    >>> [(s.label, s.steps[0].created_by) for s in plan.stages]
+    >>> [(s.label, s.steps[-1].created_by) for s in plan.stages]
     [('build', 'RUN /bin/sh -c make # buildkit'), ('stage-1', 'COPY /out / # buildkit')]
 """
 
@@ -137,7 +137,9 @@ class _Graph:
         args = platform_args(str(self.platform), build_platform())
         args["TARGETOSVERSION"] = self.platform.os_version or ""
         args["BUILDOSVERSION"] = ""
-        args["TARGETSTAGE"] = self.df.stages[self.target].name or ""
+        args["TARGETSTAGE"] = (
+            self.df.stages[self.target].name or "default"
+        )  # BuildKit's name for an unnamed one
         args.update({k: v for k, v in self.build_args.items() if k in args})
         for ins in self.df.meta_args:
             with located(self.df, ins.line, ins.end_line):
@@ -287,7 +289,7 @@ class _Graph:
 
     def plan(self, image_format: Literal["oci", "docker"]) -> Plan:
         needed = self._needed()
-        proxies = {k: v for k, v in self.build_args.items() if k in PROXY_ARGS}
+        proxies = proxy_env(self.build_args)
         finals: dict[int, StageState] = {}
         stages: list[PlanStage] = []
         for st in self.df.stages:
@@ -302,8 +304,7 @@ class _Graph:
                     config = self._config(st) if isinstance(base, ImageSource) else None
                     state = StageState.from_config(config, proxies)
                 instructions = [*self.triggers.get(i, []), *st.instructions]
-                clear = bool(state.on_build)
-                steps = compile_stage(self.ctx, i, state, instructions, clear_onbuild=clear, line=st.line)
+                steps = compile_stage(self.ctx, i, state, instructions, line=st.line)
                 finals[i] = state
                 stage = replace(stage, steps=tuple(steps))
             stages.append(stage)
@@ -314,6 +315,13 @@ class _Graph:
             image_format=image_format,
             frontend="dockerfile",
         )
+
+
+def proxy_env(build_args: Mapping[str, str]) -> dict[str, str]:
+    """What RUN sees of the proxy build args, declared or not: BuildKit's exec sets each one
+    given in both spellings (HTTP_PROXY and http_proxy), the lower-case build arg winning."""
+    values = {k.lower(): build_args[k] for k in sorted(build_args) if k in PROXY_ARGS}
+    return {name: value for kind, value in values.items() for name in (kind.upper(), kind)}
 
 
 def _closure(target: int, deps: Mapping[int, set[int]]) -> set[int]:

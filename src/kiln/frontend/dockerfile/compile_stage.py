@@ -9,7 +9,7 @@ from kiln.build.plan import ConfigChange, MetaStep, Step
 from kiln.frontend.dockerfile.compile_copy import compile_copy
 from kiln.frontend.dockerfile.compile_meta import compile_meta
 from kiln.frontend.dockerfile.compile_run import compile_run
-from kiln.frontend.dockerfile.compile_state import Context, StageState
+from kiln.frontend.dockerfile.compile_state import DEFAULT_PATH, Context, StageState
 from kiln.frontend.dockerfile.instructions import AddInstruction, CopyInstruction, Instruction, RunInstruction
 from kiln.frontend.dockerfile.parser import LineError
 
@@ -20,23 +20,21 @@ def compile_stage(
     state: StageState,
     instructions: Sequence[Instruction],
     *,
-    clear_onbuild: bool,
     line: int,
 ) -> list[Step]:
-    """The steps of stage `index`, updating `state` to the stage's final state.
-
-    `instructions` start with the base's ONBUILD triggers, if any; `clear_onbuild` says the
-    base config's OnBuild list was consumed and must not be inherited; `line` is the FROM's.
-    """
-    if clear_onbuild:
+    """The steps of stage `index` (whose FROM is at `line`), updating `state` to the stage's
+    final state. `instructions` start with the base's ONBUILD triggers, if any."""
+    base_changes = []
+    if state.on_build:  # consumed as triggers: the new image does not inherit them
+        base_changes.append(ConfigChange("onbuild_clear"))
         state.on_build = []
+    if state.default_path:
+        base_changes.append(ConfigChange("env", ["PATH", DEFAULT_PATH]))
     steps: list[Step] = []
     for ins in instructions:
         with ctx.located(ins):
             steps.append(compile_instruction(ctx, index, state, ins))
-    if clear_onbuild:
-        steps = _with_onbuild_cleared(steps, line)
-    return steps
+    return _with_base_changes(steps, base_changes, line) if base_changes else steps
 
 
 def compile_instruction(ctx: Context, index: int, state: StageState, ins: Instruction) -> Step:
@@ -50,13 +48,14 @@ def compile_instruction(ctx: Context, index: int, state: StageState, ins: Instru
     return step
 
 
-def _with_onbuild_cleared(steps: list[Step], line: int) -> list[Step]:
-    """Clear the inherited OnBuild list without a history entry of its own (BuildKit writes
-    none): the op joins the stage's first MetaStep, which comes before any ONBUILD of the
-    stage. A stage without one gets a MetaStep of its own."""
-    clear = ConfigChange("onbuild_clear")
+def _with_base_changes(steps: list[Step], changes: list[ConfigChange], line: int) -> list[Step]:
+    """Config edits BuildKit makes when a stage starts, which it records in no history entry:
+    they join the stage's first MetaStep (which comes before any ONBUILD or ENV of the stage).
+    A stage without a MetaStep gets one of its own, first."""
     for i, step in enumerate(steps):
         if isinstance(step, MetaStep):
-            steps[i] = replace(step, changes=(clear, *step.changes))
+            steps[i] = replace(step, changes=(*changes, *step.changes))
             return steps
-    return [*steps, MetaStep((clear,), created_by="ONBUILD triggers of the base consumed", line=line)]
+    path = [c.value[1] for c in changes if c.op == "env"]
+    created_by = f"ENV PATH={path[0]}" if path else "ONBUILD triggers of the base consumed"
+    return [MetaStep(tuple(changes), created_by=created_by, line=line), *steps]

@@ -54,6 +54,8 @@ class StageState:
     #: the config's OnBuild list as it stands (base triggers are consumed, then cleared)
     on_build: list[str] = field(default_factory=list)
     cmd: list[str] | None = None  # set by a CMD of this stage (then ENTRYPOINT keeps it)
+    #: the base had no PATH: BuildKit adds its default to the environment and the image config
+    default_path: bool = False
 
     @classmethod
     def from_config(cls, config: ImageConfig | None, proxies: Mapping[str, str]) -> StageState:
@@ -63,6 +65,7 @@ class StageState:
         for item in (cfg.env if cfg else None) or []:
             key, _, value = item.partition("=")
             env[key] = value
+        default_path = "PATH" not in env
         env.setdefault("PATH", DEFAULT_PATH)
         workdir = cfg.working_dir if cfg and cfg.working_dir else ""
         return cls(
@@ -71,6 +74,7 @@ class StageState:
             user=(cfg.user if cfg else None) or "",
             shell=tuple(cfg.shell) if cfg and cfg.shell else None,
             on_build=list((cfg.on_build if cfg else None) or []),
+            default_path=default_path,
         )
 
     def child(self) -> StageState:
@@ -83,6 +87,7 @@ class StageState:
             declared_args=list(self.declared_args),
             on_build=list(self.on_build),
             cmd=None,
+            default_path=False,
         )
 
     @property
