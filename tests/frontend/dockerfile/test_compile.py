@@ -162,6 +162,17 @@ def test_copy_from_a_later_stage_or_itself_is_an_error() -> None:
         compile_text("FROM alpine\nCOPY --from=3 /x /x\n")
 
 
+def test_run_mount_from_a_later_stage_or_itself_is_an_error() -> None:
+    with pytest.raises(DockerfileError) as err:
+        compile_text("FROM alpine AS a\nRUN --mount=from=b,target=/b ls\nFROM alpine AS b\n", target="a")
+    assert (
+        err.value.message
+        == 'Dockerfile:2: cannot mount stage "b", it needs to be defined before current stage "a"'
+    )
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: circular dependency detected on stage: a$"):
+        compile_text("FROM alpine AS a\nRUN --mount=type=cache,from=a,target=/c ls\n")
+
+
 def test_copy_from_with_variables_is_refused_as_buildkit_does() -> None:
     with pytest.raises(
         DockerfileError, match=r"^Dockerfile:3: variable expansion is not supported for --from"
@@ -456,6 +467,13 @@ def test_expansion_errors_are_located() -> None:
     assert err.value.source_line == "WORKDIR ${MISSING:?must be set}"
 
 
+def test_arg_default_errors_are_located() -> None:
+    with pytest.raises(
+        DockerfileError, match=r"^Dockerfile:3: failed to process \"\$\{NEED:\?\}\": NEED: is not"
+    ):
+        compile_text("FROM alpine\nRUN true\nARG X=${NEED:?}\n")
+
+
 def test_errors_in_stages_the_target_does_not_need_are_ignored() -> None:
     plan = compile_text(
         """
@@ -550,6 +568,14 @@ def test_onbuild_written_in_a_stage_fires_in_stages_built_from_it() -> None:
     ]
     assert [s.line for s in fired] == [4, 4, 5]
     assert isinstance(fired[1], MetaStep) and fired[1].changes[0] == ConfigChange("onbuild_clear")
+
+
+def test_onbuild_trigger_naming_a_later_stage_is_reported_at_the_from() -> None:
+    resolver = Resolver({"onb": image([PATH], on_build=["COPY --from=later /x /x"])})
+    with pytest.raises(DockerfileError) as err:
+        compile_text("FROM onb AS first\nFROM alpine AS later\n", target="first", resolver=resolver)
+    assert err.value.message.startswith('Dockerfile:1: cannot copy from stage "later"')
+    assert err.value.source_line == "FROM onb AS first"
 
 
 def test_bad_onbuild_trigger_is_reported_at_the_from() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import platform as host
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal, cast
 
@@ -137,9 +137,8 @@ class _Graph:
         args = platform_args(str(self.platform), build_platform())
         args["TARGETOSVERSION"] = self.platform.os_version or ""
         args["BUILDOSVERSION"] = ""
-        args["TARGETSTAGE"] = (
-            self.df.stages[self.target].name or "default"
-        )  # BuildKit's name for an unnamed one
+        # BuildKit calls an unnamed target "default"
+        args["TARGETSTAGE"] = self.df.stages[self.target].name or "default"
         args.update({k: v for k, v in self.build_args.items() if k in args})
         for ins in self.df.meta_args:
             with located(self.df, ins.line, ins.end_line):
@@ -179,7 +178,7 @@ class _Graph:
         named = [s.index for s in self.df.stages if s.name == ref.lower()]
         return named[-1] if named else None
 
-    def _deps(self, index: int, instructions: list[Instruction] | tuple[Instruction, ...]) -> set[int]:
+    def _deps(self, instructions: Sequence[Instruction]) -> set[int]:
         """Stages the instructions read (COPY --from, RUN --mount=from=), found without expanding."""
         deps: set[int] = set()
         for ins in instructions:
@@ -199,7 +198,7 @@ class _Graph:
         deps = {}
         for st in self.df.stages:
             base = self.bases[st.index]
-            deps[st.index] = self._deps(st.index, st.instructions)
+            deps[st.index] = self._deps(st.instructions)
             if isinstance(base, StageSource):
                 deps[st.index].add(base.stage)
         while True:
@@ -208,7 +207,7 @@ class _Graph:
             for i in sorted(needed):
                 if i not in self.triggers:
                     self.triggers[i] = self._load_triggers(self.df.stages[i])
-                    more = self._deps(i, self.triggers[i]) - deps[i]
+                    more = self._deps(self.triggers[i]) - deps[i]
                     deps[i] |= more
                     grown = grown or bool(more)
             if not grown:
