@@ -106,6 +106,8 @@ class TransferSetup:
     #: Scratch space for pull destinations.
     scratch: Path
     destinations: Destinations
+    #: PYTHONPYCACHEPREFIX for kiln's runs (see bench.harness.kiln_command).
+    pycache: Path | None = None
 
     @property
     def source_ref(self) -> str:
@@ -158,6 +160,7 @@ def prepare(image: BenchImage, source_host: str, workdir: Path, destinations: De
         push_store=workdir / "push-store",
         scratch=workdir / "scratch",
         destinations=destinations,
+        pycache=workdir / "pycache",
     )
     push_image_with_skopeo(image, setup.source_ref)
     shutil.rmtree(setup.push_store, ignore_errors=True)
@@ -175,7 +178,9 @@ def push_trials(setup: TransferSetup) -> tuple[Trial, Trial]:
         dest = setup.destinations.fresh("push") + ":v1"
         # Mount hints from an earlier run would let kiln skip uploads on a reused host:port.
         (setup.push_store / "kiln" / "blob-sources.json").unlink(missing_ok=True)
-        cmd = kiln_command("push", "--progress", "quiet", LOCAL_NAME, dest, store=setup.push_store)
+        cmd = kiln_command(
+            "push", "--progress", "quiet", LOCAL_NAME, dest, store=setup.push_store, pycache=setup.pycache
+        )
         return cmd, _check_remote(dest, setup.image)
 
     def skopeo() -> tuple[Command, Callable[[str], None]]:
@@ -193,7 +198,9 @@ def pull_trials(setup: TransferSetup) -> tuple[Trial, Trial]:
 
     def kiln() -> tuple[Command, Callable[[str], None]]:
         shutil.rmtree(kiln_store, ignore_errors=True)
-        cmd = kiln_command("pull", "--progress", "quiet", setup.source_ref, store=kiln_store)
+        cmd = kiln_command(
+            "pull", "--progress", "quiet", setup.source_ref, store=kiln_store, pycache=setup.pycache
+        )
 
         def check(_out: str) -> None:
             name = str(Reference.parse(setup.source_ref))
@@ -226,7 +233,7 @@ def pull_trials(setup: TransferSetup) -> tuple[Trial, Trial]:
 def copy_trials(setup: TransferSetup) -> tuple[Trial, Trial]:
     def kiln() -> tuple[Command, Callable[[str], None]]:
         dest = setup.destinations.fresh("copy") + ":v1"
-        cmd = kiln_command("copy", "--progress", "quiet", setup.source_ref, dest)
+        cmd = kiln_command("copy", "--progress", "quiet", setup.source_ref, dest, pycache=setup.pycache)
         return cmd, _check_remote(dest, setup.image)
 
     def skopeo() -> tuple[Command, Callable[[str], None]]:
@@ -263,13 +270,15 @@ def measure(
     setup: TransferSetup,
     runs: int,
     cases: Sequence[str] = CASES,
+    *,
+    warmup: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Row, ...]:
-    """Time every case ``runs`` times for each tool; one Row per case."""
+    """Time every case ``runs`` times for each tool (after an untimed warm-up run); one Row per case."""
     rows = []
     for case in cases:
         kiln, skopeo = TRIALS[case](setup)
-        rows.append(compare(case, DESCRIPTIONS[case], kiln, skopeo, runs, log=log))
+        rows.append(compare(case, DESCRIPTIONS[case], kiln, skopeo, runs, warmup=warmup, log=log))
     return tuple(rows)
 
 
