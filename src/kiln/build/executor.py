@@ -126,7 +126,7 @@ class Executor:
         total = len(stage.steps)
         no_cache = self.options.no_cache or stage.name in self.options.no_cache_stages
         for n, step in enumerate(stage.steps, 1):
-            label = f"[{stage.label} {n}/{total}] {step.created_by}"
+            label = f"[{stage.label} {n}/{total}] {_one_line(step.created_by)}"
             inputs = self._cache_inputs(step, futures, plan.platform)
             key = step_key(key, step, **inputs)
             record = None if no_cache else self.cache.get(key)
@@ -341,6 +341,12 @@ class Executor:
         finally:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+def _one_line(text: str) -> str:
+    """A heredoc RUN's history spans lines; the log shows its first line, as BuildKit does."""
+    first, _, rest = text.removesuffix(" # buildkit").partition("\n")
+    return f"{first} ..." if rest else first
 
 
 def _needs_fs(step: MetaStep) -> bool:
