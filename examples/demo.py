@@ -27,6 +27,8 @@ def step(title: str) -> None:
 
 def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="kiln-demo-", dir="/tmp"))
+    base.chmod(0o755)  # builder must reach the code copy below it
+    (base / "rootless").mkdir()
     rootless = Rootless(base / "rootless")
     work = rootless.builder_tmpdir("demo-")
     try:
