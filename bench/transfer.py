@@ -88,9 +88,12 @@ class SharedRegistry:
 
     def __init__(self, host: str) -> None:
         self.host = host
+        self.handed_out: list[str] = []
 
     def fresh(self, label: str) -> str:
-        return f"{self.host}/bench/{label}-{uuid.uuid4().hex[:10]}"
+        ref = f"{self.host}/bench/{label}-{uuid.uuid4().hex[:10]}"
+        self.handed_out.append(ref)
+        return ref
 
     def close(self) -> None:
         pass
@@ -152,15 +155,25 @@ def push_image_with_skopeo(image: BenchImage, dest: str) -> None:
     _expect(dest, manifest_digest_at(dest), image.manifest.digest)
 
 
-def prepare(image: BenchImage, source_host: str, workdir: Path, destinations: Destinations) -> TransferSetup:
-    """Publish ``image`` on the source registry and import it into a kiln store (untimed)."""
+def prepare(
+    image: BenchImage,
+    source_host: str,
+    workdir: Path,
+    destinations: Destinations,
+    *,
+    bytecode_cache: bool = True,
+) -> TransferSetup:
+    """Publish ``image`` on the source registry and import it into a kiln store (untimed).
+
+    ``bytecode_cache``: run kiln with a bytecode cache under ``workdir`` (see kiln_command).
+    """
     setup = TransferSetup(
         image=image,
         source_host=source_host,
         push_store=workdir / "push-store",
         scratch=workdir / "scratch",
         destinations=destinations,
-        pycache=workdir / "pycache",
+        pycache=workdir / "pycache" if bytecode_cache else None,
     )
     push_image_with_skopeo(image, setup.source_ref)
     shutil.rmtree(setup.push_store, ignore_errors=True)
