@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Protocol
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol
 
 import httpx
 
@@ -65,12 +66,18 @@ class StoreSource:
     """A blob in the local store."""
 
     def __init__(self, store: Store, digest: Digest, size: int, what: str) -> None:
-        self._file = store.open_blob(digest)
+        # Opened on first read: a blob the registry already has, or can mount, is never read,
+        # so it need not be in the store at all (lazily pulled bases, remote cache layers).
+        self._store = store
+        self._digest = digest
+        self._file: BinaryIO | None = None
         self._hash = _SequentialHash(digest, size, what)
 
     def read(self, offset: int, n: int, abort: threading.Event) -> bytes:
         if abort.is_set():
             raise Aborted
+        if self._file is None:
+            self._file = self._store.open_blob(self._digest)
         self._file.seek(offset)
         data = self._file.read(n)
         self._hash.feed(offset, data)
@@ -80,7 +87,48 @@ class StoreSource:
         self._hash.verify()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+class _ByteQueue:
+    """Bytes received and not yet read, kept as the pieces they arrived in.
+
+    A bytearray appended to in network-sized pieces and emptied from the front reallocates and
+    copies as it goes, then copies twice more per read (slice, bytes): about three times the CPU
+    of joining the pieces once per read, which copies each byte once.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, piece: bytes) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._len += len(piece)
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` bytes (at most what is held), removed from the queue."""
+        out: list[bytes] = []
+        need = min(n, self._len)
+        self._len -= need
+        while need:
+            piece = self._pieces[0]
+            if len(piece) <= need:
+                out.append(self._pieces.popleft())
+                need -= len(piece)
+            else:
+                out.append(piece[:need])
+                self._pieces[0] = piece[need:]
+                need = 0
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def drop(self, n: int) -> None:
+        self.take(n)
 
 
 class RemoteSource:
@@ -99,7 +147,7 @@ class RemoteSource:
         self._iter: Iterator[bytes] | None = None
         self._skip = 0  # bytes the stream will yield that precede the position we asked for
         # _buf holds blob bytes from _buf_start; the stream continues at _buf_start + len(_buf).
-        self._buf = bytearray()
+        self._buf = _ByteQueue()
         self._buf_start = 0
         self.resumes = 0
 
@@ -124,18 +172,18 @@ class RemoteSource:
             drop = min(self._skip, len(piece))
             self._skip -= drop
             piece = piece[drop:]
-        self._buf += piece
+        self._buf.append(piece)
         if self._buf_start + len(self._buf) > self._size:
             raise DigestMismatchError(f"{self._what}: blob is longer than its {self._size} bytes")
 
     def read(self, offset: int, n: int, abort: threading.Event) -> bytes:
         n = max(0, min(n, self._size - offset))
         if self._resp is None or not self._buf_start <= offset <= self._buf_start + len(self._buf):
-            self._buf, self._buf_start = bytearray(), offset
+            self._buf, self._buf_start = _ByteQueue(), offset
             if n:
                 self._open_stream()
         else:
-            del self._buf[: offset - self._buf_start]
+            self._buf.drop(offset - self._buf_start)
             self._buf_start = offset
         failures = 0
         backoff = Backoff(self._options)
@@ -155,8 +203,7 @@ class RemoteSource:
                 self._open_stream()
                 continue
             failures = 0
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        data = self._buf.take(n)
         self._buf_start += n
         if self._hash is not None:
             self._hash.feed(offset, data)
@@ -308,12 +355,30 @@ def _chunked(
     offset = 0
     failures = 0
     backoff = Backoff(options)
+    # Bytes of the current chunk handed to the PATCH so far.
+    streamed = [0]
+
+    def chunk_body(start: int, n: int) -> Callable[[], Iterator[bytes]]:
+        # Each chunk streams from the source in BLOCK_SIZE reads: no chunk is ever held in memory,
+        # and in a copy the destination receives bytes while the source is still sending them.
+        # Progress still moves once the registry has accepted the chunk.
+        def body() -> Iterator[bytes]:
+            streamed[0] = 0  # a fresh attempt (after a 401) sends the chunk again
+            pos, end = start, start + n
+            while pos < end:
+                data = source.read(pos, min(BLOCK_SIZE, end - pos), abort)
+                if not data:
+                    raise DigestMismatchError(f"{what}: source ended at byte {pos} of {size}")
+                pos += len(data)
+                streamed[0] += len(data)
+                yield data
+
+        return body
+
     while offset < size:
-        data = source.read(offset, min(options.chunk_size, size - offset), abort)
-        if not data:
-            raise DigestMismatchError(f"{what}: source ended at byte {offset} of {size}")
+        n = min(options.chunk_size, size - offset)
         try:
-            location = client.patch_upload(location, data, offset, what)
+            location = client.patch_upload(location, chunk_body(offset, n), offset, what, length=n)
         except TransientError as e:
             failures += 1
             if failures > options.max_retries:
@@ -329,9 +394,13 @@ def _chunked(
             sent[0] += resumed_at - offset
             offset = resumed_at
             continue
-        offset += len(data)
-        sent[0] += len(data)
-        progress.advance(digest, len(data))
+        if streamed[0] != n:
+            raise DigestMismatchError(
+                f"{what}: sent {streamed[0]} bytes of the chunk at {offset}, expected {n}"
+            )
+        offset += n
+        sent[0] += n
+        progress.advance(digest, n)
     _verify_or_cancel(client, location, source, what)
     client.finish_upload(location, digest, b"", what)
 

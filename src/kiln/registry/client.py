@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import httpx
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 #: Manifests larger than this are refused (distribution's own limit is 4 MiB).
 MAX_MANIFEST_SIZE = 4 << 20
 _RANGE_RE = re.compile(r"^(?:bytes=)?(\d+)-(\d+)$")
+
+#: A request body: bytes, or a function returning a fresh iterator of its bytes per attempt.
+Body = bytes | Callable[[], Iterable[bytes]]
 
 
 class Session:
@@ -156,12 +159,16 @@ class RegistryClient:
         *,
         what: str,
         headers: dict[str, str] | None = None,
-        content: bytes | None = None,
+        content: Body | None = None,
         params: dict[str, str] | None = None,
         stream: bool = False,
         retry: bool = True,
     ) -> httpx.Response:
-        """Send with auth; on 401 refresh credentials and try once more. The caller closes the response."""
+        """Send with auth; on 401 refresh credentials and try once more. The caller closes the response.
+
+        ``content`` is bytes, or a function returning a fresh iterator of the body's bytes for each
+        attempt (a streamed body cannot be replayed); give its Content-Length in ``headers``.
+        """
         self._ping(what)
         auth, http = self.session.auth, self.session.http
         for attempt in (0, 1):
@@ -171,7 +178,8 @@ class RegistryClient:
                 hdrs["Authorization"] = authz
 
             def build(h: dict[str, str] = hdrs) -> httpx.Request:
-                return http.build_request(method, url, headers=h, content=content, params=params)
+                body = content() if callable(content) else content
+                return http.build_request(method, url, headers=h, content=body, params=params)
 
             resp = send(http, build, options=self.session.options, what=what, stream=stream, retry=retry)
             if resp.status_code == 401 and attempt == 0:
@@ -318,11 +326,22 @@ class RegistryClient:
         finally:
             resp.close()
 
-    def patch_upload(self, location: str, data: bytes, start: int, what: str) -> str:
-        """Append ``data`` at ``start``; returns the next Location. Not retried: see upload_status."""
+    def patch_upload(
+        self, location: str, data: Body, start: int, what: str, *, length: int | None = None
+    ) -> str:
+        """Append ``data`` at ``start``; returns the next Location. Not retried: see upload_status.
+
+        ``data`` is bytes, or a body function (see :meth:`request`) yielding exactly ``length`` bytes,
+        so a chunk streams from its source without being held in memory.
+        """
+        if isinstance(data, bytes):
+            length = len(data)
+        elif length is None:
+            raise ValueError("a streamed chunk needs its length")
         headers = {
             "Content-Type": "application/octet-stream",
-            "Content-Range": f"{start}-{start + len(data) - 1}",
+            "Content-Length": str(length),
+            "Content-Range": f"{start}-{start + length - 1}",
         }
         resp = self.request("PATCH", location, what=what, headers=headers, content=data, retry=False)
         try:
