@@ -1,0 +1,1 @@
+"""kiln on Kubernetes: BuildConfig/Build CRDs, the controller, build pods and in-pod strategies."""
