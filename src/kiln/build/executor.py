@@ -43,14 +43,17 @@ from kiln.build.plan import (
     StageSource,
     Step,
 )
+from kiln.build.remote_cache import RemoteCache
 from kiln.build.run_step import run_step
-from kiln.build.snapshots import Snapshots, discard
+from kiln.build.snapshots import Snapshots, discard, fetch_from_sources
 from kiln.build.users import resolve_user
 from kiln.errors import BuildError, ImageNotFoundError, KilnError
 from kiln.oci.digest import Digest
 from kiln.oci.layer_writer import LayerWriter
 from kiln.oci.models import Descriptor, Platform
 from kiln.oci.store import Store
+from kiln.registry.lazy import fetch_metadata
+from kiln.registry.reference import Reference
 
 SCRATCH_KEY = Digest.of(b"kiln:scratch")
 
@@ -75,8 +78,9 @@ class Executor:
         self.store = store
         self.options = options
         self.log = log
-        self.snapshots = Snapshots(store)
+        self.snapshots = Snapshots(store, fetch_from_sources(store, options.registry))
         self.cache = StepCache(store, ttl_seconds=options.cache_ttl_seconds)
+        self.remote = RemoteCache(store, options.cache_from, options.cache_to, options.registry)
         self._pull_lock = threading.Lock()
         self._counts_lock = threading.Lock()
         self.cached_steps = 0
@@ -84,6 +88,7 @@ class Executor:
         self._created = _timestamp(options.source_date_epoch)
         self._build_context: BuildContext | None = None
         self._fetcher: UrlFetcher | None = None
+        self._resolved: dict[tuple[str, str], Descriptor] = {}  # a build sees one digest per reference
 
     # -- plan -----------------------------------------------------------------------------
 
@@ -95,6 +100,9 @@ class Executor:
                 self._fetcher.close()
 
     def _build(self, plan: Plan) -> BuildResult:
+        self.remote.load()
+        for note in self.remote.notes:
+            self.log.info(note)
         needed = plan.needed_stages()
         futures: dict[int, Future[StageResult]] = {}
         times: dict[str, float] = {}
@@ -112,6 +120,9 @@ class Executor:
                 for k, v in sorted(self.options.labels.items()):
                     apply_change(image.config, ConfigChange("label", [k, v]))
             desc = write_image(self.store, image, fmt)
+            exported = self.remote.export()
+            if exported is not None:
+                self.log.info(f"cache exported to {self.options.cache_to} ({exported.digest})")
         return BuildResult(desc, image, times, self.cached_steps, self.run_steps)
 
     def _build_stage_timed(self, plan: Plan, stage: Stage, futures: dict[int, Future[StageResult]], times: dict[str, float]) -> StageResult:
@@ -129,24 +140,27 @@ class Executor:
             label = f"[{stage.label} {n}/{total}] {_one_line(step.created_by)}"
             inputs = self._cache_inputs(step, futures, plan.platform)
             key = step_key(key, step, **inputs)
-            record = None if no_cache else self.cache.get(key)
+            record = None if no_cache else (self.cache.get(key) or self.remote.get(key))
             if isinstance(step, MetaStep) and not _needs_fs(step):
                 # Config-only steps go through the cache too, so an unchanged rebuild reproduces
                 # the same history timestamps and therefore the same image digest.
                 if record is not None:
                     image.config = record.config
+                    self.remote.add(key, None, image.config)
                     continue
                 for change in step.changes:
                     apply_change(image.config, change)
                 add_history(image.config, self._created, step.created_by, empty_layer=True)
                 image.config.created = self._created
                 self.cache.put(key, None, image.config)
+                self.remote.add(key, None, image.config)
                 continue
             steplog = self.log.step(label)
             if record is not None:
                 if record.layer is not None:
                     image.layers.append(record.layer)
                 image.config = record.config
+                self.remote.add(key, record.layer, image.config)
                 steplog.cached()
                 with self._counts_lock:
                     self.cached_steps += 1
@@ -161,6 +175,7 @@ class Executor:
             add_history(image.config, self._created, step.created_by, empty_layer=layer is None)
             image.config.created = self._created
             self.cache.put(key, layer, image.config)
+            self.remote.add(key, layer, image.config)
             steplog.done()
             with self._counts_lock:
                 self.run_steps += 1
@@ -186,20 +201,22 @@ class Executor:
         return image, image.manifest_digest
 
     def resolve_image(self, ref: str, platform: Platform) -> Image:
-        """An image from the store, pulling it first when the pull policy says so."""
-        from kiln.registry.reference import Reference
-        from kiln.registry.transfer import pull
+        """An image from the store, or its manifest and config from the registry.
 
+        Layers are not pulled here: a step that hits the cache never needs them, and
+        the snapshotter fetches the ones a running step does need.
+        """
         name = str(Reference.parse(ref))
         with self._pull_lock:
-            desc = None
-            if self.options.pull != "always":
+            desc = self._resolved.get((name, str(platform)))
+            if desc is None and self.options.pull != "always":
                 with contextlib.suppress(ImageNotFoundError):
                     desc = self.store.resolve(name)
             if desc is None:
                 if self.options.pull == "never":
                     raise ImageNotFoundError(f"{ref}: not in the local store and pulling is disabled")
-                desc = pull(Reference.parse(ref), self.store, platform=platform, options=self.options.registry)
+                desc = fetch_metadata(Reference.parse(ref), self.store, platform=platform, options=self.options.registry)
+            self._resolved[(name, str(platform))] = desc
         image = load_image(self.store, desc, platform, what=name)
         image.config.history = image.config.history or []
         return image
@@ -253,7 +270,7 @@ class Executor:
     # -- running steps ------------------------------------------------------------------
 
     def _execute(self, plan: Plan, stage: Stage, step: Step, image: Image, futures: dict[int, Future[StageResult]], steplog: StepLog) -> Layer | None:
-        lowers = self.snapshots.ensure(self._blobs_present(image))
+        lowers = self.snapshots.ensure(image.layers)
         if isinstance(step, MetaStep):
             return self._meta_with_fs(step, image, lowers)
         if isinstance(step, CopyStep):
@@ -290,7 +307,7 @@ class Executor:
             src = step.source_from
             if isinstance(src, StageSource):
                 other = futures[src.stage].result().image
-                src_root = stack.enter_context(merged_view(self.snapshots.ensure(self._blobs_present(other)), self.snapshots.scratch))
+                src_root = stack.enter_context(merged_view(self.snapshots.ensure(other.layers), self.snapshots.scratch))
             elif isinstance(src, ImageSource):
                 other = self.resolve_image(src.ref, plan.platform)
                 src_root = stack.enter_context(merged_view(self.snapshots.ensure(other.layers), self.snapshots.scratch))
@@ -327,11 +344,6 @@ class Executor:
         chain = chain_ids([*image.layers, layer])[-1]
         self.snapshots.adopt(upper, chain)
 
-    def _blobs_present(self, image: Image) -> list[Layer]:
-        missing = [layer for layer in image.layers if not self.store.has_blob(Digest(layer.digest))]
-        if missing:
-            raise BuildError(f"image {image.manifest_digest}: {len(missing)} layer blobs are missing from the store; pull it again")
-        return image.layers
 
     @contextlib.contextmanager
     def _scratch_dir(self, prefix: str) -> Iterator[Path]:

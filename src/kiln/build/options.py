@@ -20,6 +20,8 @@ class BuildOptions:
     no_cache: bool = False
     no_cache_stages: frozenset[str] = frozenset()
     cache_ttl_seconds: float | None = None
+    cache_from: tuple[str, ...] = ()  # registry caches to read (--cache-from)
+    cache_to: str | None = None  # registry cache to write (--cache-to)
     compression: str = "gzip"
     compression_level: int | None = None
     source_date_epoch: int | None = None

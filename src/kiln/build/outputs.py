@@ -9,8 +9,9 @@ from typing import Literal
 
 from kiln.build.export import export_docker_archive, export_oci_layout
 from kiln.errors import UsageError
-from kiln.oci.models import Descriptor
+from kiln.oci.models import Descriptor, Manifest
 from kiln.oci.store import Store, atomic_write
+from kiln.registry.lazy import ensure_local, ensure_pushable
 from kiln.registry.options import RegistryOptions
 from kiln.registry.progress import ProgressSink
 from kiln.registry.reference import Reference
@@ -65,6 +66,9 @@ def deliver(
 
     names = [str(Reference.parse(t)) for t in tags]
     done = Delivery()
+    if names or any(out.type != "registry" for out in outputs):
+        # A tag or a file output promises a complete image: fetch lazily pulled layers now.
+        ensure_local(store, _layers(store, desc), registry, progress)
     for name in names:
         store.tag(name, desc)
         done.tags.append(name)
@@ -82,9 +86,16 @@ def deliver(
                 raise UsageError("--output type=registry needs name= or a -t tag")
             targets.extend(str(Reference.parse(r)) for r in refs)
     for ref in dict.fromkeys(targets):
+        ensure_pushable(store, _layers(store, desc), Reference.parse(ref), registry, progress)
         pushed = push_image(store, desc.digest, Reference.parse(ref), options=registry, progress=progress)
         done.pushed[ref] = pushed.digest
     return done
+
+
+def _layers(store: Store, desc: Descriptor) -> list[Descriptor]:
+    manifest = store.load_manifest(desc)
+    assert isinstance(manifest, Manifest)
+    return list(manifest.layers)
 
 
 def write_metadata(path: Path, desc: Descriptor, delivery: Delivery, extra: dict[str, object]) -> None:

@@ -13,18 +13,28 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.build.image import Layer, chain_ids
 from kiln.oci.apply import apply_layer
 from kiln.oci.digest import Digest
 from kiln.oci.store import Store
+from kiln.registry.lazy import ensure_local
+from kiln.registry.options import RegistryOptions
+
+#: Makes sure the blobs of some layers are in the store (a lazily pulled base fetches them here).
+BlobFetcher = Callable[[list[Layer]], object]
+
+
+def fetch_from_sources(store: Store, options: RegistryOptions | None = None) -> BlobFetcher:
+    return lambda layers: ensure_local(store, [layer.descriptor for layer in layers], options)
 
 
 class Snapshots:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, fetch: BlobFetcher | None = None) -> None:
         self.store = store
+        self._fetch = fetch or fetch_from_sources(store)
         self.root = store.state_dir / "snapshots"
         self.scratch = store.state_dir / "scratch"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -48,6 +58,9 @@ class Snapshots:
     def ensure(self, layers: list[Layer]) -> list[Path]:
         """Snapshot directories for ``layers`` (bottom first), unpacking the missing ones."""
         paths = []
+        missing = [layer for layer, chain in zip(layers, chain_ids(layers), strict=True) if not self.has(chain)]
+        if missing:
+            self._fetch(missing)
         for layer, chain in zip(layers, chain_ids(layers), strict=True):
             target = self.path(chain)
             if not target.is_dir():

@@ -32,6 +32,16 @@ def _key_values(values: tuple[str, ...], flag: str, *, from_env: bool = False) -
     return out
 
 
+def _strip_ref(value: str) -> str:
+    """Accept BuildKit's ``type=registry,ref=REF`` spelling as well as a bare REF."""
+    if "=" not in value:
+        return value
+    fields = dict(part.partition("=")[::2] for part in value.split(","))
+    if fields.get("type", "registry") != "registry" or "ref" not in fields:
+        raise UsageError(f"cache {value!r}: expected REF or type=registry,ref=REF")
+    return fields["ref"]
+
+
 def parse_secrets(values: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, str]]:
     files: dict[str, Path] = {}
     envs: dict[str, str] = {}
@@ -64,6 +74,8 @@ def parse_secrets(values: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, s
 @click.option("--no-cache", is_flag=True, help="Run every step; still records results for next time.")
 @click.option("--no-cache-filter", "no_cache_filter", multiple=True, metavar="STAGE", help="Do not use the cache for this stage.")
 @click.option("--cache-ttl", type=float, default=None, metavar="SECONDS", help="Ignore cache records older than this.")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="REF", help="Use step results kept in this registry cache.")
+@click.option("--cache-to", "cache_to", default=None, metavar="REF", help="Keep this build's step results in a registry cache.")
 @click.option("--push", is_flag=True, help="Push every -t tag to its registry.")
 @click.option("-o", "--output", "outputs", multiple=True, metavar="SPEC", help="type=oci,dest=DIR | type=docker,dest=FILE.tar | type=registry[,name=REF]")
 @click.option("--digest-file", "--iidfile", "digest_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the image manifest digest here.")
@@ -89,6 +101,8 @@ def build(
     no_cache: bool,
     no_cache_filter: tuple[str, ...],
     cache_ttl: float | None,
+    cache_from: tuple[str, ...],
+    cache_to: str | None,
     push: bool,
     outputs: tuple[str, ...],
     digest_file: Path | None,
@@ -131,6 +145,8 @@ def build(
         no_cache=no_cache,
         no_cache_stages=frozenset(no_cache_filter),
         cache_ttl_seconds=cache_ttl,
+        cache_from=tuple(_strip_ref(c) for c in cache_from),
+        cache_to=_strip_ref(cache_to) if cache_to else None,
         compression=compression,
         compression_level=compression_level,
         source_date_epoch=int(epoch) if epoch is not None else None,

@@ -207,6 +207,9 @@ def prune(with_cache: bool, store_path: Path | None) -> None:
             clear_cache(store)
         extra = list(cache_roots(store))
     result = store.prune(extra_roots=extra)
+    from kiln.registry.blobsources import BlobSources
+
+    BlobSources(store).retain_stored()
     click.echo(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), kept {result.kept_blobs}")
 
 

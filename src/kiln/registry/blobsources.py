@@ -65,8 +65,14 @@ class BlobSources:
             table = self._read()
             for d in wanted:
                 table[d] = [repository, *[r for r in table.get(d, []) if r != repository]][:MAX_SOURCES]
-            # Forget blobs that left the store (prune), so the file does not grow forever.
-            table = {d: repos for d, repos in table.items() if self.store.has_blob(Digest(d))}
+            # Blobs may be recorded before they are stored (lazily pulled layers): that is the
+            # point of the record. Forgetting happens at prune time (``retain_stored``).
+            atomic_write(self.path, json.dumps(table, sort_keys=True, indent=0).encode())
+
+    def retain_stored(self) -> None:
+        """After a prune: forget blobs the store no longer holds, so the file does not grow forever."""
+        with self._locked():
+            table = {d: repos for d, repos in self._read().items() if self.store.has_blob(Digest(d))}
             atomic_write(self.path, json.dumps(table, sort_keys=True, indent=0).encode())
 
 
