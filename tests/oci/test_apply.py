@@ -171,15 +171,17 @@ segment_lists = st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=3)
 
 @st.composite
 def layer_stacks(draw: st.DrawFn) -> list[list[tuple[str, list[str], list[str] | str]]]:
-    pool = draw(st.lists(segment_lists, min_size=1, max_size=4))
+    """A first layer that mostly plants symlinks, then layers that write, link and white out."""
+    pool = draw(st.lists(segment_lists, min_size=1, max_size=3))
     names = st.one_of(
         st.sampled_from(pool),
         st.tuples(st.sampled_from(pool), st.sampled_from(LEAVES)).map(lambda t: [*t[0], t[1]]),
     )
     targets = st.one_of(st.sampled_from(ESCAPES), st.sampled_from(ESCAPES), names)
-    kinds = st.sampled_from(["file", "file", "dir", "symlink", "symlink", "hardlink"])
-    entries = st.tuples(kinds, names, targets)
-    return draw(st.lists(st.lists(entries, min_size=1, max_size=8), min_size=1, max_size=3))
+    setup = st.tuples(st.sampled_from(["symlink", "symlink", "dir", "file"]), names, targets)
+    attack = st.tuples(st.sampled_from(["file", "file", "dir", "symlink", "hardlink"]), names, targets)
+    first = draw(st.lists(setup, min_size=1, max_size=6))
+    return [first, *draw(st.lists(st.lists(attack, min_size=1, max_size=6), min_size=1, max_size=2))]
 
 
 def _path(segments: list[str], outside: str) -> str:
