@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 
 from bench.harness import Result, Row
 
@@ -97,6 +98,8 @@ def write_csv(result: Result, path: Path, when: datetime) -> None:
                 "ratio_kiln_over_peer",
                 "kiln_cpu_s",
                 "peer_cpu_s",
+                "kiln_median_s",
+                "peer_median_s",
                 "kiln_runs_s",
                 "peer_runs_s",
             ]
@@ -114,6 +117,8 @@ def write_csv(result: Result, path: Path, when: datetime) -> None:
                     f"{row.ratio:.4f}",
                     f"{row.kiln_best.cpu_seconds:.3f}",
                     f"{row.peer_best.cpu_seconds:.3f}",
+                    f"{median(s.seconds for s in row.kiln):.4f}",
+                    f"{median(s.seconds for s in row.peer):.4f}",
                     _runs(row, "kiln"),
                     _runs(row, "peer"),
                 ]

@@ -35,13 +35,22 @@ DOC = REPO_ROOT / "docs" / "performance.md"
 NOT_BENCHMARKS = frozenset({"run", "harness", "report"})
 
 
-def discover() -> dict[str, Benchmark]:
-    """Benchmarks by name, from every bench/ module that defines BENCHMARK."""
+def discover(broken: dict[str, str] | None = None) -> dict[str, Benchmark]:
+    """Benchmarks by name, from every bench/ module that defines BENCHMARK.
+
+    A module that fails to import is skipped (recorded in ``broken`` as name → error) so one
+    unfinished benchmark does not stop the others.
+    """
     found: dict[str, Benchmark] = {}
     for info in sorted(pkgutil.iter_modules([str(BENCH_DIR)]), key=lambda i: i.name):
         if info.name in NOT_BENCHMARKS or info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"bench.{info.name}")
+        try:
+            module = importlib.import_module(f"bench.{info.name}")
+        except Exception as e:
+            if broken is not None:
+                broken[info.name] = f"{type(e).__name__}: {e}"
+            continue
         bench = getattr(module, "BENCHMARK", None)
         if isinstance(bench, Benchmark):
             found[bench.name] = bench
@@ -76,7 +85,10 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    benchmarks = discover()
+    broken: dict[str, str] = {}
+    benchmarks = discover(broken)
+    for name, error in broken.items():
+        print(f"warning: bench/{name}.py could not be imported ({error})", file=sys.stderr)
     args = parse_args(argv, sorted(benchmarks))
     selected = [benchmarks[n] for n in (args.names or sorted(benchmarks))]
     machine = report.machine_facts()
@@ -86,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for bench in selected:
             print(f"\n== {bench.name}: {bench.title} (kiln vs {bench.peer}, {args.runs} runs)", flush=True)
             config = BenchConfig(runs=args.runs, workdir=Path(tmp), verbose=not args.quiet, quick=args.quick)
+            load_before = os.getloadavg()[0]
             try:
                 result = bench.run(config)
             except Exception:
@@ -93,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(bench.name)
                 continue
             when = report.now()
+            # Other work on the machine moves the numbers; say how busy it was.
+            conditions = {
+                **machine,
+                "load (1 min) before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
+            }
             print(report.text_table(result), flush=True)
             csv_path = args.results / f"{result.name}.csv"
             png_path = args.results / f"{result.name}.png"
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {csv_path} and {png_path}")
             if not (args.no_doc or args.quick):
                 chart = os.path.relpath(png_path.resolve(), args.doc.resolve().parent)
-                report.update_doc(args.doc, result.name, report.section(result, when, machine, chart))
+                report.update_doc(args.doc, result.name, report.section(result, when, conditions, chart))
                 print(f"updated {args.doc} (section {result.name})")
     if failed:
         print(f"\nbenchmarks that could not run: {', '.join(failed)}", file=sys.stderr)
