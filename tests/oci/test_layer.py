@@ -11,7 +11,10 @@ import stat
 import subprocess
 import tarfile
 import tracemalloc
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -27,10 +30,12 @@ from tests.oci.tarcraft import craft, directory, reg
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service, v2
 
 
-def write(fill: object, compression: str = "gzip", **kw: object) -> tuple[bytes, LayerWriter]:
+def write(
+    fill: Callable[[LayerWriter], object], compression: str = "gzip", **kw: Any
+) -> tuple[bytes, LayerWriter]:
     out = io.BytesIO()
-    with LayerWriter(out, compression, **kw) as w:  # type: ignore[arg-type]
-        fill(w)  # type: ignore[operator]
+    with LayerWriter(out, compression, **kw) as w:
+        fill(w)
     return out.getvalue(), w
 
 
@@ -113,7 +118,7 @@ def test_same_tree_same_digest_anywhere(tmp_path: Path, compression: str) -> Non
     epoch = 1_000_000
     one = make_tree(tmp_path / "one", epoch + 10)
     two = make_tree(tmp_path / "two", epoch + 99_999)
-    blobs = [write(lambda w, r=r: w.add_tree(r), compression, source_date_epoch=epoch) for r in (one, two)]
+    blobs = [write(partial(LayerWriter.add_tree, root=r), compression, source_date_epoch=epoch) for r in (one, two)]
     assert blobs[0][0] == blobs[1][0]
     assert blobs[0][1].result() == blobs[1][1].result()
     entries = read_all(blobs[0][0])
@@ -125,7 +130,7 @@ def test_same_tree_same_digest_anywhere(tmp_path: Path, compression: str) -> Non
     assert [(e.type, e.linkname) for e, _ in entries if e.name in ("a-b/z-link", "b/z")] == [
         (EntryType.FILE, ""), (EntryType.HARDLINK, "a-b/z-link")]
     # without clamping the mtimes differ, and so do the digests: the check above is not vacuous
-    free = [write(lambda w, r=r: w.add_tree(r), compression)[1].result().digest for r in (one, two)]
+    free = [write(partial(LayerWriter.add_tree, root=r), compression)[1].result().digest for r in (one, two)]
     assert free[0] != free[1]
 
 
@@ -140,8 +145,12 @@ def test_result_hashes_are_those_of_the_bytes(tmp_path: Path, compression: str) 
     root = make_tree(tmp_path, 1)
     blob, w = write(lambda w: w.add_tree(root), compression)
     info = w.result()
-    plain = {"gzip": gzip.decompress, "zstd": zstandard.ZstdDecompressor().decompressobj().decompress,
-             "none": bytes}[compression](blob)
+    decoders: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.decompress,
+        "zstd": zstandard.ZstdDecompressor().decompressobj().decompress,
+        "none": bytes,
+    }
+    plain = decoders[compression](blob)
     assert info.digest == Digest.of(blob)
     assert info.diff_id == Digest.of(plain)
     assert info.size == len(blob) and info.uncompressed_size == len(plain)
@@ -187,7 +196,12 @@ def test_add_path_reads_xattrs(tmp_path: Path) -> None:
 
 
 def test_whiteouts_written() -> None:
-    blob, _ = write(lambda w: (w.add_whiteout("/etc/old.conf"), w.add_opaque("var/cache/"), w.add_whiteout("top")))
+    def fill(w: LayerWriter) -> None:
+        w.add_whiteout("/etc/old.conf")
+        w.add_opaque("var/cache/")
+        w.add_whiteout("top")
+
+    blob, _ = write(fill)
     assert [(e.name, e.type, e.size) for e, _ in read_all(blob)] == [
         ("etc/.wh.old.conf", EntryType.FILE, 0),
         ("var/cache/.wh..wh..opq", EntryType.FILE, 0),
@@ -200,7 +214,7 @@ def test_whiteouts_written() -> None:
 def test_writer_refuses_bad_names_and_short_content() -> None:
     for bad in ("../x", "a/../../x", "", "./"):
         with pytest.raises(LayerError):
-            write(lambda w, bad=bad: w.add_file(bad, io.BytesIO(b"x"), 1))
+            write(partial(LayerWriter.add_file, name=bad, data=io.BytesIO(b"x"), size=1))
     with pytest.raises(LayerError, match="ended after 2 of 5 bytes"):
         write(lambda w: w.add_file("f", io.BytesIO(b"ab"), 5))
     out = io.BytesIO()
@@ -294,7 +308,7 @@ def test_unread_content_is_skipped_and_stale_readers_refuse() -> None:
     blob = craft(reg("a", b"A" * 3000), reg("b", b"B" * 10)).getvalue()
     it = iter_layer(io.BytesIO(blob))
     first, content = next(it)
-    assert content.read(5) == b"AAAAA"
+    assert (first.name, content.read(5)) == ("a", b"AAAAA")
     second, content2 = next(it)
     assert (second.name, content2.read()) == ("b", b"B" * 10)
     with pytest.raises(ValueError):
