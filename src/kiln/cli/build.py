@@ -87,6 +87,8 @@ def parse_secrets(values: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, s
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Add a label to the image.")
 @click.option("--timeout", "step_timeout", type=float, default=None, metavar="SECONDS", help="Kill a RUN step that runs longer.")
 @click.option("--dry-run", is_flag=True, help="Print the build plan and exit.")
+@click.option("--config", "config", metavar="FILE", help="Run a BuildConfig or Build (YAML/JSON; - for stdin, env:NAME for a variable) as its build pod would; CONTEXT, if given, replaces its source.")
+@click.option("--result-file", type=click.Path(dir_okay=False, path_type=Path), help="With --config: write the outcome (JSON, as a build pod's termination message) here.")
 @store_option
 @registry_options
 @progress_option
@@ -114,6 +116,8 @@ def build(
     labels: tuple[str, ...],
     step_timeout: float | None,
     dry_run: bool,
+    config: str | None,
+    result_file: Path | None,
     store_path: Path | None,
     insecure: tuple[str, ...],
     ca_file: Path | None,
@@ -123,6 +127,15 @@ def build(
     """Build an image from a Dockerfile in CONTEXT, without a daemon and without root."""
     from kiln.build.driver import BuildRequest, compile_request, run_build
 
+    if config is not None:
+        from click.core import ParameterSource
+
+        from kiln.cli.buildconfig import build_from_config
+
+        given = click.get_current_context().get_parameter_source("context") is not ParameterSource.DEFAULT
+        build_from_config(config, context if given else None, push=push, result_file=result_file, dry_run=dry_run,
+                          store_path=store_path, registry=make_registry_options(insecure, ca_file, auth_file), progress=progress)  # fmt: skip
+        return
     if not context.is_dir():
         raise UsageError(f"build context {context}: not a directory")
     path = dockerfile if dockerfile is not None else context / "Dockerfile"

@@ -302,10 +302,17 @@ class BuildSpec(CommonSpec):
     triggered_by: list[BuildTriggerCause] = Field(default_factory=list)
 
 
-class StageInfo(_Model):
+class StepInfo(_Model):
     name: str
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     duration_milliseconds: int = 0
+
+
+class StageInfo(_Model):
+    name: str = Field(description="FetchInputs, Build or PushImage (OpenShift's stage names).")
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    duration_milliseconds: int = 0
+    steps: list[StepInfo] = Field(default_factory=list, description="Pipeline steps, in order.")
 
 
 class OutputTo(_Model):
@@ -386,7 +393,7 @@ class Build(_Model):
         return (self.metadata.get("labels") or {}).get(LABEL_BUILDCONFIG)
 
 
-def build_spec_from(config: BuildConfigSpec, cause: str, env: dict[str, str] | None = None) -> BuildSpec:
+def build_spec_from(config: CommonSpec, cause: str, env: dict[str, str] | None = None) -> BuildSpec:
     """A Build's spec: the BuildConfig's spec copied at start, plus why it started.
 
     ``env`` (``kiln start-build --env``) is merged into the strategy's environment, as
@@ -395,11 +402,11 @@ def build_spec_from(config: BuildConfigSpec, cause: str, env: dict[str, str] | N
     common = {k: v for k, v in config.model_dump(by_alias=False).items() if k in CommonSpec.model_fields}
     spec = BuildSpec.model_validate({**common, "triggered_by": [{"message": cause}]})
     if env:
-        _merge_env(spec.strategy, env)
+        merge_env(spec.strategy, env)
     return spec
 
 
-def _merge_env(strategy: BuildStrategy, env: dict[str, str]) -> None:
+def merge_env(strategy: BuildStrategy, env: dict[str, str]) -> None:
     target: DockerBuildStrategy | SourceBuildStrategy | CustomBuildStrategy | None
     if strategy.type == StrategyType.DOCKER:
         strategy.docker_strategy = target = strategy.docker_strategy or DockerBuildStrategy()

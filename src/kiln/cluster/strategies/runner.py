@@ -1,0 +1,139 @@
+"""One build from a Build spec to a BuildOutcome: FetchInputs, Build, PushImage, timed as OpenShift's stages.
+
+This is what runs in a build pod and what `kiln build --config` runs locally: one code path.
+Failures become an outcome with OpenShift's reason (FetchSourceFailed, DockerBuildFailed, ...)
+and the last lines of the log, never an exception, so the pod can always report back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from kiln.cluster.models import BuildSpec, StageInfo, StepInfo, StrategyType
+from kiln.cluster.result import (
+    BUILD,
+    FETCH_INPUTS,
+    PUSH_IMAGE,
+    REASON_CUSTOM_BUILD,
+    REASON_DOCKER_BUILD,
+    REASON_FETCH_SOURCE,
+    REASON_GENERIC,
+    REASON_PUSH,
+    REASON_S2I_BUILD,
+    BuildOutcome,
+    format_time,
+)
+from kiln.cluster.strategies.environment import BuildEnvironment
+from kiln.cluster.strategies.inputs import Inputs, fetch_inputs
+from kiln.errors import KilnError
+from kiln.oci.models import Descriptor
+
+_BUILD_REASON = {
+    StrategyType.DOCKER: REASON_DOCKER_BUILD,
+    StrategyType.SOURCE: REASON_S2I_BUILD,
+    StrategyType.CUSTOM: REASON_CUSTOM_BUILD,
+    StrategyType.PIPELINE: REASON_GENERIC,
+}
+
+
+class StageFailedError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.done: list[StageInfo] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str, reason: str) -> Iterator[StageInfo]:
+        info = StageInfo(name=name, start_time=format_time(datetime.now(UTC)))
+        t0 = time.monotonic()
+        try:
+            yield info
+        except KilnError as e:
+            raise StageFailedError(reason, e.message) from e
+        except OSError as e:
+            raise StageFailedError(reason, f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")) from e
+        finally:
+            info.duration_milliseconds = int((time.monotonic() - t0) * 1000)
+            self.done.append(info)
+
+
+def run_build_spec(spec: BuildSpec, env: BuildEnvironment) -> BuildOutcome:
+    stages = Stages()
+    strategy = spec.strategy.type
+    image: Descriptor | None = None
+    pushed_ref: str | None = None
+    try:
+        inputs: Inputs | None = None
+        if strategy is not StrategyType.CUSTOM:  # a custom builder fetches its own source
+            with stages.stage(FETCH_INPUTS, REASON_FETCH_SOURCE):
+                inputs = fetch_inputs(spec.source, env)
+        with stages.stage(BUILD, _BUILD_REASON[strategy]) as build_stage:
+            image = _build(spec, inputs, env, build_stage)
+        if spec.output.to is not None and env.push:
+            with stages.stage(PUSH_IMAGE, REASON_PUSH):
+                image, pushed_ref = _deliver(spec.output.to.name, image, env)
+        elif spec.output.to is not None and image is not None:
+            image, pushed_ref = _deliver(spec.output.to.name, image, env)
+    except StageFailedError as e:
+        env.say(f"error: {e.message}")
+        return BuildOutcome(ok=False, reason=e.reason, message=e.message, stages=stages.done, log_snippet=env.stream.tail())
+    return BuildOutcome(
+        ok=True,
+        stages=stages.done,
+        image_digest=image.digest if image is not None else None,
+        output_docker_image_reference=pushed_ref,
+    )
+
+
+def _build(spec: BuildSpec, inputs: Inputs | None, env: BuildEnvironment, stage: StageInfo) -> Descriptor | None:
+    strategy = spec.strategy.type
+    if strategy is StrategyType.CUSTOM:
+        from kiln.cluster.strategies.custom import build_custom
+
+        return build_custom(spec, env)
+    assert inputs is not None
+    if strategy is StrategyType.DOCKER:
+        from kiln.cluster.strategies.docker import build_docker
+
+        return build_docker(spec, inputs, env)
+    if strategy is StrategyType.SOURCE:
+        from kiln.cluster.strategies.source import build_source
+
+        return build_source(spec, inputs, env)
+    from kiln.cluster.strategies.pipeline import build_pipeline
+
+    result = build_pipeline(spec, inputs, env)
+    stage.steps = [StepInfo.model_validate(s.model_dump()) for s in result.steps]
+    return result.image
+
+
+def _deliver(name: str, image: Descriptor | None, env: BuildEnvironment) -> tuple[Descriptor | None, str]:
+    """Tag the image as the output name; push it when asked. A builder that pushed itself is looked up."""
+    from kiln.registry.reference import Reference
+
+    ref = Reference.parse(name)
+    if image is None:
+        if not env.push:
+            return None, str(ref)
+        from kiln.registry.pull import head_manifest
+
+        found = head_manifest(ref, env.registry)
+        if found is None:
+            raise KilnError(f"the builder neither wrote an image to $KILN_OUTPUT_LAYOUT nor pushed {ref}")
+        return found, str(ref)
+    env.store.tag(str(ref), image)
+    if env.push:
+        from kiln.registry.push import push
+
+        env.say(f"--> PushImage: {ref}")
+        pushed = push(env.store, image.digest, ref, options=env.registry)
+        return pushed, str(ref)
+    return image, str(ref)
