@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class BuildRequest:
 def compile_request(request: BuildRequest, store: Store, *, resolver: ConfigResolver | None = None, dry_run: bool = False) -> Plan:
     from kiln.frontend.dockerfile.compile import compile_dockerfile
 
-    return compile_dockerfile(
+    plan = compile_dockerfile(
         request.dockerfile,
         filename=request.filename,
         build_args=request.build_args,
@@ -40,6 +41,7 @@ def compile_request(request: BuildRequest, store: Store, *, resolver: ConfigReso
         image_format=request.options.image_format,
         resolve_config=resolver or _lookup_only(store, request),
     )
+    return dataclasses.replace(plan, source=request.filename)
 
 
 def _lookup_only(store: Store, request: BuildRequest) -> ConfigResolver:

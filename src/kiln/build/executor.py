@@ -88,6 +88,7 @@ class Executor:
         self._created = _timestamp(options.source_date_epoch)
         self._build_context: BuildContext | None = None
         self._fetcher: UrlFetcher | None = None
+        self._plan_source: Plan | None = None
         self._resolved: dict[tuple[str, str], Descriptor] = {}  # a build sees one digest per reference
 
     # -- plan -----------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class Executor:
                 self._fetcher.close()
 
     def _build(self, plan: Plan) -> BuildResult:
+        self._plan_source = plan
         self.remote.load()
         for note in self.remote.notes:
             self.log.info(note)
@@ -168,6 +170,11 @@ class Executor:
             try:
                 layer = self._execute(plan, stage, step, image, futures, steplog)
             except KilnError as e:
+                # Lower layers know only the line; name the file too (Dockerfile:12: ...).
+                prefix = f"line {step.line}: "
+                if step.line and e.message.startswith(prefix):
+                    e.message = f"{plan.where(step.line)}: {e.message.removeprefix(prefix)}"
+                    e.args = (e.message,)
                 steplog.error(e.message)
                 raise
             if layer is not None:
@@ -248,7 +255,7 @@ class Executor:
 
     def _context_dir(self, step: CopyStep) -> Path:
         if self.options.context_dir is None:
-            raise BuildError(f"line {step.line}: COPY needs a build context")
+            raise BuildError(f"{self.where(step.line)}: COPY needs a build context")
         return self.options.context_dir
 
     def _context(self) -> BuildContext | None:
@@ -259,6 +266,9 @@ class Executor:
             if self._build_context is None:
                 self._build_context = BuildContext.for_store(self.options.context_dir, self.store, dockerfile=self.options.dockerfile)
             return self._build_context
+
+    def where(self, line: int) -> str:
+        return self._plan_source.where(line) if self._plan_source is not None else f"line {line}"
 
     def _url_fetcher(self) -> UrlFetcher:
         """One per build: ADD URLs are downloaded once for the cache key and the layer both."""

@@ -194,6 +194,13 @@ class Plan:
     platform: Platform = field(default_factory=Platform)
     image_format: Literal["oci", "docker"] = "oci"
     frontend: str = "dockerfile"
+    source: str = ""  # what the plan was compiled from (e.g. the Dockerfile's path), for error messages
+
+    def where(self, line: int) -> str:
+        """``FILE:LINE`` (or ``line N``) for messages about a step."""
+        if self.source and line:
+            return f"{self.source}:{line}"
+        return f"line {line}" if line else self.source or "build"
 
     def needed_stages(self) -> list[int]:
         """Indexes of the stages the target needs, dependencies first (only these are built)."""

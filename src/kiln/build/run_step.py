@@ -81,7 +81,7 @@ def run_step(
         cmd = shlex.join(step.argv)
         why = "timed out" if result.timed_out else f"exit code: {result.exit_code}"
         raise RunFailedError(
-            f"line {step.line}: process {cmd!r} did not complete successfully: {why}",
+            f"{ex.where(step.line)}: process \"{cmd}\" did not complete successfully: {why}",
             result.output_tail.decode("utf-8", "replace")[-2000:],
         )
 
@@ -94,7 +94,7 @@ def _mount(
     env: dict[str, str],
     futures: dict[int, Future[StageResult]],
 ) -> Mount | None:
-    where = f"line {step.line}: RUN --mount=type={rm.type}"
+    where = f"{ex.where(step.line)}: RUN --mount=type={rm.type}"
     if rm.type == "tmpfs":
         opts = (f"size={rm.size}",) if rm.size else ()
         return Mount("tmpfs", _target(rm, where), options=opts)
@@ -138,9 +138,9 @@ def _bind_root(ex: Executor, stack: contextlib.ExitStack, rm: RunMount, step: Ru
         layers = futures[src.stage].result().image.layers
         return stack.enter_context(merged_view(ex.snapshots.ensure(layers), ex.snapshots.scratch))
     if isinstance(src, ImageSource):
-        raise BuildError(f"line {step.line}: RUN --mount from an image is resolved by the frontend into a stage")
+        raise BuildError(f"{ex.where(step.line)}: RUN --mount from an image is resolved by the frontend into a stage")
     if ex.options.context_dir is None:
-        raise BuildError(f"line {step.line}: RUN --mount=type=bind needs a build context")
+        raise BuildError(f"{ex.where(step.line)}: RUN --mount=type=bind needs a build context")
     return ex.options.context_dir
 
 
