@@ -56,3 +56,13 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Local control plane for tests and demos (dev/cluster.py, docs/dev-cluster.md): etcd,
+# kube-apiserver, kube-controller-manager (built once into ~/.cache/kiln-testbin), a loopback
+# registry and kiln's test-only node agent; state, PIDs and kubeconfig under .kiln-dev/.
+.PHONY: cluster-up cluster-down
+cluster-up: setup
+	$(BIN)/python -m dev.cluster up
+
+cluster-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m dev.cluster down; else echo "no venv: nothing was started"; fi
