@@ -11,6 +11,7 @@ import yaml
 from kiln.cluster import crdgen
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+DEPLOY_ROOT = DEPLOY.parent
 
 
 @pytest.mark.parametrize("name", sorted(crdgen.crds()))
@@ -74,3 +75,8 @@ def test_names_and_enums() -> None:
 def test_refuses_a_union_without_structural_form() -> None:
     with pytest.raises(crdgen.SchemaError, match="union"):
         crdgen.structural({"anyOf": [{"type": "integer"}, {"type": "boolean"}]})
+
+
+@pytest.mark.parametrize("name", sorted(crdgen.generated_files()))
+def test_every_generated_deploy_file_is_committed(name: str) -> None:
+    assert (DEPLOY_ROOT / name).read_text() == crdgen.generated_files()[name], "run python -m kiln.cluster.crdgen"

@@ -18,11 +18,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from kiln.cli import build, images, run
+    from kiln.cli import build, cluster, images, run
 
     images.register(cli)
     build.register(cli)
     run.register(cli)
+    cluster.register(cli)
 
 
 def _error_line(message: str) -> None:

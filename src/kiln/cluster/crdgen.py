@@ -1,4 +1,5 @@
-"""Generate deploy/crds/*.yaml from the pydantic models (``python -m kiln.cluster.crdgen [--check]``).
+"""Generate deploy/crds/*.yaml from the pydantic models, and deploy/*.yaml from kiln.cluster.manifests
+(``python -m kiln.cluster.crdgen [--check]``).
 
 pydantic's JSON Schema is rewritten into a Kubernetes *structural* schema: ``$ref`` inlined, the
 ``anyOf [X, null]`` of optional fields collapsed to X (absence is how Kubernetes says "unset"),
@@ -153,19 +154,32 @@ def render(obj: dict[str, Any]) -> str:
     return HEADER + yaml.dump(obj, Dumper=_NoAliases, sort_keys=False, width=120)
 
 
+def render_all(objs: list[dict[str, Any]]) -> str:
+    header = HEADER.replace("src/kiln/cluster/models.py", "src/kiln/cluster/manifests.py")
+    return header + "---\n".join(yaml.dump(o, Dumper=_NoAliases, sort_keys=False, width=120) for o in objs)
+
+
+def generated_files() -> dict[str, str]:
+    """Path relative to deploy/ -> text."""
+    from kiln.cluster.manifests import deploy_files
+
+    out = {f"crds/{name}": render(obj) for name, obj in crds().items()}
+    out.update({name: render_all(objs) for name, objs in deploy_files().items()})
+    return out
+
+
 def default_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "deploy" / "crds"
+    return Path(__file__).resolve().parents[3] / "deploy"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kiln.cluster.crdgen", description=__doc__)
-    parser.add_argument("--out", type=Path, default=default_dir(), help="directory (default: deploy/crds of the checkout)")
+    parser.add_argument("--out", type=Path, default=default_dir(), help="directory (default: deploy/ of the checkout)")
     parser.add_argument("--check", action="store_true", help="exit 1 when the files differ from the models")
     args = parser.parse_args(argv)
     stale = []
-    for name, obj in crds().items():
+    for name, text in generated_files().items():
         path: Path = args.out / name
-        text = render(obj)
         if args.check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(str(path))

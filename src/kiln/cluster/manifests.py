@@ -1,0 +1,173 @@
+"""Everything `kiln install` applies, as objects: namespace, CRDs, RBAC, the controller, the registry.
+
+deploy/*.yaml are these objects written out by ``python -m kiln.cluster.crdgen`` (a unit test keeps
+them equal), so `kubectl apply -f deploy/ -R` and `kiln install` install the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.cluster.models import GROUP
+
+NAMESPACE = "kiln-system"
+CONTROLLER = "kiln-controller"
+REGISTRY = "kiln-registry"
+DEFAULT_BUILDER_IMAGE = f"{REGISTRY}.{NAMESPACE}.svc:5000/kiln/builder:latest"
+REGISTRY_IMAGE = "docker.io/library/registry:2"
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    namespace: str = NAMESPACE
+    builder_image: str = DEFAULT_BUILDER_IMAGE
+    controller_image: str | None = None  # default: the builder image (it holds kiln)
+    registry_image: str = REGISTRY_IMAGE
+    host_users: bool = False
+    with_registry: bool = True
+
+    @property
+    def registry_host(self) -> str:
+        return f"{REGISTRY}.{self.namespace}.svc:5000"
+
+
+def namespace(opts: InstallOptions) -> dict[str, Any]:
+    # the controller itself needs nothing beyond "restricted"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": opts.namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+
+
+def rbac(opts: InstallOptions) -> list[dict[str, Any]]:
+    rules = [
+        {"apiGroups": [GROUP], "resources": ["builds", "buildconfigs"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        {"apiGroups": [GROUP], "resources": ["builds/status", "buildconfigs/status"], "verbs": ["get", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        # kopf: discovering resources and watching namespaces
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    ]
+    # who may start and cancel builds: aggregated into the built-in edit/admin roles
+    user_rules = [
+        {"apiGroups": [GROUP], "resources": ["builds", "buildconfigs"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        {"apiGroups": [GROUP], "resources": ["builds/status", "buildconfigs/status"], "verbs": ["get", "patch"]},
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": CONTROLLER, "namespace": opts.namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": CONTROLLER}, "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": CONTROLLER},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER},
+            "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": opts.namespace}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {
+                "name": "kiln-builds-edit",
+                "labels": {"rbac.authorization.k8s.io/aggregate-to-edit": "true", "rbac.authorization.k8s.io/aggregate-to-admin": "true"},
+            },
+            "rules": user_rules,
+        },
+    ]
+
+
+def _restricted_container() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def controller(opts: InstallOptions) -> dict[str, Any]:
+    env = {
+        "KILN_BUILDER_IMAGE": opts.builder_image,
+        "KILN_POD_HOST_USERS": "true" if opts.host_users else "false",
+        "KILN_INSECURE_REGISTRIES": opts.registry_host if opts.with_registry else "",
+    }
+    labels = {"app.kubernetes.io/name": CONTROLLER, "app.kubernetes.io/part-of": "kiln"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": CONTROLLER, "namespace": opts.namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,  # one writer; restarts are safe (status-driven), two at once are not needed
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROLLER}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": CONTROLLER,
+                    "containers": [
+                        {
+                            "name": "controller",
+                            "image": opts.controller_image or opts.builder_image,
+                            "command": ["kiln", "controller"],
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                            "securityContext": _restricted_container(),
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def registry(opts: InstallOptions) -> list[dict[str, Any]]:
+    """CNCF distribution as the integrated registry (plain HTTP inside the cluster, emptyDir storage)."""
+    labels = {"app.kubernetes.io/name": REGISTRY, "app.kubernetes.io/part-of": "kiln"}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": REGISTRY, "namespace": opts.namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": REGISTRY}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "registry",
+                                "image": opts.registry_image,
+                                "ports": [{"containerPort": 5000, "name": "http"}],
+                                "env": [
+                                    {"name": "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "value": "/var/lib/registry"},
+                                    {"name": "REGISTRY_STORAGE_DELETE_ENABLED", "value": "true"},
+                                ],
+                                "volumeMounts": [{"name": "data", "mountPath": "/var/lib/registry"}],
+                                "readinessProbe": {"httpGet": {"path": "/v2/", "port": 5000}},
+                                "securityContext": _restricted_container(),
+                            }
+                        ],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": REGISTRY, "namespace": opts.namespace, "labels": labels},
+            "spec": {"selector": {"app.kubernetes.io/name": REGISTRY}, "ports": [{"name": "http", "port": 5000, "targetPort": 5000}]},
+        },
+    ]
+
+
+def all_objects(opts: InstallOptions) -> list[dict[str, Any]]:
+    """In apply order: CRDs first, then what lives in the namespace."""
+    from kiln.cluster.crdgen import crds
+
+    objects = [namespace(opts), *crds().values(), *rbac(opts)]
+    if opts.with_registry:
+        objects += registry(opts)
+    objects.append(controller(opts))
+    return objects
+
+
+def deploy_files(opts: InstallOptions | None = None) -> dict[str, list[dict[str, Any]]]:
+    """deploy/<file> -> its documents (the CRDs are written by crdgen separately)."""
+    o = opts or InstallOptions()
+    return {"namespace.yaml": [namespace(o)], "rbac.yaml": rbac(o), "controller.yaml": [controller(o)], "registry.yaml": registry(o)}
