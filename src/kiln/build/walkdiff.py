@@ -26,7 +26,13 @@ What counts as a change (the layer holds exactly these, sorted by path bytes, pa
 * when one name of a multiply-linked inode is written, all its names are, so the link survives.
 
 Changes to the root directory's own metadata cannot be expressed in a layer and are ignored.
-Subtrees on another device (a mount point left in the root) are not descended into.
+Mount points under the root (from /proc/self/mountinfo, and anything on another device) are
+neither read nor whited out: what a mount shows belongs to no layer.
+
+The file clock ticks coarsely (a few ms), so a change right after the scan could keep a
+signature as it was; the scan waits until the clock has passed every ctime it recorded, and
+treats what is still not past it as "racy" (compared by content). This assumes a file system
+with sub-second timestamps (ext4, xfs, btrfs, tmpfs).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -191,7 +198,7 @@ class _Materializer:
         self.current = ""
         #: (layer, dev, ino) of a multiply-linked source -> where its first name went (None: skipped)
         self.links: dict[tuple[int, int, int], tuple[str, ...] | None] = {}
-        self.dirs: list[tuple[tuple[str, ...], str, os.stat_result]] = []
+        self.dirs: list[tuple[tuple[str, ...], os.stat_result]] = []
 
     def open_dir(self, parts: tuple[str, ...], flags: int = os.O_PATH) -> int:
         """A directory of the target by its path, opened component by component, never following."""
@@ -207,8 +214,9 @@ class _Materializer:
         if not top:
             return
         stack: list[tuple[tuple[str, ...], list[tuple[int, str]]]] = [((), list(enumerate(top)))]
-        self.dirs.append(((), top[0], os.lstat(top[0])))
-        self._dir_owner_xattrs((), top[0], os.lstat(top[0]))
+        root_st = os.lstat(top[0])
+        self.dirs.append(((), root_st))
+        self._dir_owner_xattrs((), top[0], root_st)
         while stack:
             parts, layers = stack.pop()
             fd = self.open_dir(parts)
@@ -216,7 +224,7 @@ class _Materializer:
                 self._fill(fd, parts, layers, stack)
             finally:
                 os.close(fd)
-        for parts, _, st in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
+        for parts, st in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):  # deepest first
             self.current = "/".join(parts)
             dfd = self.open_dir(parts, os.O_RDONLY)
             try:
@@ -263,7 +271,7 @@ class _Materializer:
                         break
             os.mkdir(name, 0o700, dir_fd=fd)
             self._dir_owner_xattrs(child, entry.path, st)
-            self.dirs.append((child, entry.path, st))
+            self.dirs.append((child, st))
             stack.append((child, merged))
 
     def _dir_owner_xattrs(self, parts: tuple[str, ...], src: str, st: os.stat_result) -> None:
@@ -362,14 +370,33 @@ class _Materializer:
 # -- signatures ---------------------------------------------------------------------------------
 
 
+def _mount_points(root: Path) -> set[str]:
+    """Paths under ``root`` that something is mounted on, as this process's mount table says."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            table = f.read()
+    except OSError:
+        return set()  # no /proc: the device check in _walk still catches other file systems
+    prefix = os.fsencode(os.path.realpath(root)).rstrip(b"/") + b"/"
+    found = set()
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            if point.startswith(prefix):
+                found.add(os.fsdecode(point[len(prefix) :]))
+    return found
+
+
 def _walk(root: Path, skip: Callable[[str], bool] | None = None) -> tuple[dict[str, Signature], set[str]]:
     """Every path under ``root`` with its signature: one lstat per path, symlinks not followed.
 
-    Paths on another device (mounts left in the root: a bind-mounted secret, say) are not
-    recorded but returned apart, so they neither go into a layer nor look deleted.
+    Mount points (a bind-mounted secret the sandbox left, say) are not recorded, nor is what
+    they show, but returned apart: their content belongs to no layer, and they must not look
+    deleted either.
     """
     found: dict[str, Signature] = {}
-    foreign: set[str] = set()
+    foreign = _mount_points(root)
     root_dev = os.lstat(root).st_dev
     stack = [(os.fspath(root), "")]
     while stack:
@@ -377,7 +404,7 @@ def _walk(root: Path, skip: Callable[[str], bool] | None = None) -> tuple[dict[s
         with os.scandir(directory) as it:
             for item in it:
                 child = f"{rel}/{item.name}" if rel else item.name
-                if skip is not None and skip(child):
+                if child in foreign or (skip is not None and skip(child)):
                     continue
                 st = item.stat(follow_symlinks=False)
                 if st.st_dev != root_dev:
@@ -436,6 +463,9 @@ class StatIndex:
 
     def __contains__(self, rel: object) -> bool:
         return rel in self.entries
+
+    def __getitem__(self, rel: str) -> Signature:
+        return self.entries[rel]
 
     def get(self, rel: str) -> Signature | None:
         return self.entries.get(rel)
