@@ -1,9 +1,8 @@
-"""The Source (S2I) strategy: hands the fetched source to kiln's S2I frontend."""
+"""The Source (S2I) strategy: the fetched source handed to kiln's S2I frontend (``kiln s2i build``'s engine)."""
 
 from __future__ import annotations
 
-import importlib
-
+from kiln.build.options import BuildOptions
 from kiln.cluster.models import BuildSpec
 from kiln.cluster.strategies.environment import BuildEnvironment
 from kiln.cluster.strategies.inputs import Inputs
@@ -19,22 +18,18 @@ def build_source(spec: BuildSpec, inputs: Inputs, env: BuildEnvironment) -> Desc
     strategy = spec.strategy.source_strategy
     assert strategy is not None
     try:
-        frontend = importlib.import_module("kiln.frontend.s2i")
-    except ImportError:
-        frontend = None
-    build_entry = getattr(frontend, "build_entry", None)
-    if build_entry is None:
-        raise StrategyUnavailableError("the Source (S2I) strategy is not available yet: kiln's S2I frontend (kiln.frontend.s2i) is not part of this kiln")
-    result: Descriptor = build_entry(
-        source=inputs.context,
-        builder_image=strategy.from_.name,
-        env={e.name: e.value for e in strategy.env},
-        incremental=strategy.incremental,
+        from kiln.frontend.s2i.build import build
+        from kiln.frontend.s2i.config import S2IRequest
+    except ImportError as e:
+        raise StrategyUnavailableError(f"the Source (S2I) strategy is not available: kiln's S2I frontend cannot be loaded ({e})") from None
+    request = S2IRequest(
+        source=str(inputs.context),
+        builder=strategy.from_.name,
+        tag=spec.output.to.name if spec.output.to is not None else None,
+        env=tuple((e.name, e.value) for e in strategy.env),
         scripts_url=strategy.scripts,
-        output=spec.output.to.name if spec.output.to else None,
-        store=env.store,
-        registry=env.registry,
-        log=env.log,
-        labels={label.name: label.value for label in spec.output.image_labels},
+        incremental=strategy.incremental,
     )
-    return result
+    options = BuildOptions(registry=env.registry, labels={label.name: label.value for label in spec.output.image_labels})
+    result = build(request, env.store, options, quiet=env.quiet, note=env.say)
+    return result.descriptor
