@@ -172,3 +172,19 @@ def test_source_date_epoch_gives_reproducible_digest(ws: BuilderWorkspace) -> No
     second = ws.kiln("build", "--progress", "quiet", str(two), env={**env, "KILN_STORE": str(ws.root / "other-store")})
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert first.stdout.strip().splitlines()[-1] == second.stdout.strip().splitlines()[-1]
+
+
+def test_walk_snapshotter_fallback_gives_the_same_image(ws: BuilderWorkspace) -> None:
+    """Where overlayfs cannot be mounted, kiln copies snapshots and diffs by walking; same result."""
+    dockerfile = BUSYBOX_BASE + (
+        "RUN mkdir -p /d/sub && echo a > /d/a && echo b > /d/sub/b && ln -s a /d/link && chown 1000:1000 /d/a\n"
+        "RUN rm /d/a && rm -r /d/sub && echo c > /d/c && chmod 600 /d/c\n"
+        "WORKDIR /w\nCOPY f.txt .\n"
+    )
+    ctx = ws.context("walk", {"Dockerfile": dockerfile, "f.txt": "f\n"})
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    overlay = ws.kiln("build", "--progress", "plain", str(ctx), env={**env, "KILN_SNAPSHOTTER": "overlay", "KILN_STORE": str(ws.root / "s-overlay")})
+    walk = ws.kiln("build", "--progress", "plain", str(ctx), env={**env, "KILN_SNAPSHOTTER": "walk", "KILN_STORE": str(ws.root / "s-walk")})
+    assert overlay.returncode == 0 and walk.returncode == 0, overlay.stderr + walk.stderr
+    assert walk.stdout.strip().splitlines()[-1] == overlay.stdout.strip().splitlines()[-1]
+    assert not any((ws.root / "s-walk" / "kiln" / "scratch").glob("walk-*"))

@@ -29,7 +29,7 @@ from kiln.build.fetch_url import UrlFetcher
 from kiln.build.image import Image, Layer, chain_ids, load_image, write_image
 from kiln.build.log import BuildLog, StepLog
 from kiln.build.options import BuildOptions
-from kiln.build.overlay import merged_view
+from kiln.build.overlay import merged_view, overlay_usable
 from kiln.build.plan import (
     ConfigChange,
     ContextSource,
@@ -47,6 +47,7 @@ from kiln.build.remote_cache import RemoteCache
 from kiln.build.run_step import run_step
 from kiln.build.snapshots import Snapshots, discard, fetch_from_sources
 from kiln.build.users import resolve_user
+from kiln.build.walkdiff import StatIndex, materialize, write_changes
 from kiln.errors import BuildError, ImageNotFoundError, KilnError
 from kiln.oci.digest import Digest
 from kiln.oci.layer_writer import LayerWriter
@@ -54,6 +55,7 @@ from kiln.oci.models import Descriptor, Platform
 from kiln.oci.store import Store
 from kiln.registry.lazy import fetch_metadata
 from kiln.registry.reference import Reference
+from kiln.sandbox.spec import OverlayRootfs
 
 SCRATCH_KEY = Digest.of(b"kiln:scratch")
 
@@ -285,7 +287,30 @@ class Executor:
             return self._meta_with_fs(step, image, lowers)
         if isinstance(step, CopyStep):
             return self._copy(plan, step, image, lowers, futures)
-        return self._layer_in_upper(image, lambda upper, work: run_step(self, step, image, lowers, upper, work, futures, steplog))
+        if not overlay_usable(self.snapshots.scratch):
+            return self._run_walk(step, image, lowers, futures, steplog)
+
+        def run_on_overlay(upper: Path, work: Path) -> None:
+            stack = lowers or [self.snapshots.empty_lower()]
+            rootfs = OverlayRootfs(tuple(str(p) for p in reversed(stack)), str(upper), str(work))
+            run_step(self, step, image, rootfs, futures, steplog)
+
+        return self._layer_in_upper(image, run_on_overlay)
+
+    def _run_walk(self, step: RunStep, image: Image, lowers: list[Path], futures: dict[int, Future[StageResult]], steplog: StepLog) -> Layer:
+        """Without overlayfs: copy the snapshots into a plain root, run, and diff by walking it."""
+        with self._scratch_dir("walk-") as base:
+            root = base / "rootfs"
+            root.mkdir()
+            try:
+                materialize(lowers, root)
+                before = StatIndex.scan(root, lowers)
+                run_step(self, step, image, root, futures, steplog)
+                layer = self._layer_from(lambda w: write_changes(root, before, w))
+            finally:
+                discard(root)
+        self.snapshots.ensure([*image.layers, layer])
+        return layer
 
     def _layer_in_upper(self, image: Image, fill: Callable[[Path, Path], None]) -> Layer:
         """Let ``fill`` change a fresh (upper, work) pair; its upper becomes the layer and the snapshot."""

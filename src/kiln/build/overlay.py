@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from kiln.errors import SandboxError
 from kiln.sandbox import libc
+from kiln.sandbox.mounts import make_readonly
 
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 _FORBIDDEN_IN_PATH = (":", ",", "\\")
@@ -37,7 +39,7 @@ def mount_overlay(target: Path, lowers: list[Path], upper: Path | None = None, w
     if upper is None:
         if len(top_first) == 1:
             libc.mount(top_first[0], str(target), None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, str(target), None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+            make_readonly(str(target))  # copes with flags the user namespace has locked
             return
         opts = f"lowerdir={':'.join(top_first)},userxattr"
         libc.mount("overlay", str(target), "overlay", libc.MS_RDONLY, opts)
@@ -56,10 +58,48 @@ def umount(target: Path) -> None:
     libc.umount2(str(target), libc.MNT_DETACH)
 
 
+_OVERLAY_USABLE: bool | None = None
+
+
+def overlay_usable(scratch: Path) -> bool:
+    """Can this process mount overlayfs? ``KILN_SNAPSHOTTER=walk|overlay`` overrides the probe."""
+    global _OVERLAY_USABLE
+    forced = os.environ.get("KILN_SNAPSHOTTER", "auto")
+    if forced in ("walk", "overlay"):
+        return forced == "overlay"
+    if _OVERLAY_USABLE is None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(dir=scratch, prefix="probe-"))
+        try:
+            for d in ("l1", "l2", "m"):
+                (probe / d).mkdir()
+            mount_overlay(probe / "m", [probe / "l1", probe / "l2"])
+            umount(probe / "m")
+            _OVERLAY_USABLE = True
+        except OSError:
+            _OVERLAY_USABLE = False
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    return _OVERLAY_USABLE
+
+
 @contextlib.contextmanager
 def merged_view(lowers: list[Path], scratch: Path) -> Iterator[Path]:
-    """A read-only view of a stack of snapshots, for probing (COPY dest, USER names, --from)."""
+    """A read-only view of a stack of snapshots, for probing (COPY dest, USER names, --from).
+
+    Without overlayfs the view is a materialized copy (slower, same content).
+    """
     scratch.mkdir(parents=True, exist_ok=True)
+    if lowers and not overlay_usable(scratch):
+        from kiln.build.walkdiff import materialize
+
+        copy = Path(tempfile.mkdtemp(dir=scratch, prefix="view-copy-"))
+        try:
+            materialize(lowers, copy)
+            yield copy
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        return
     if not lowers:
         empty = Path(tempfile.mkdtemp(dir=scratch, prefix="empty-"))
         try:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from kiln.build.image import Image
     from kiln.build.log import StepLog
 
+#: Where a RUN step runs: overlay layers (top-most first) with an upper dir, or a plain directory.
+RootfsSetup = OverlayRootfs | Path
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -48,23 +51,23 @@ def run_step(
     ex: Executor,
     step: RunStep,
     image: Image,
-    lowers: list[Path],
-    upper: Path,
-    work: Path,
+    rootfs: RootfsSetup,
     futures: dict[int, Future[StageResult]],
     steplog: StepLog,
 ) -> None:
+    """Run ``step`` on ``rootfs``: an overlay of snapshots (the normal case) or a plain directory
+    (the walk-and-compare fallback where overlayfs is not available)."""
     with contextlib.ExitStack() as stack:
-        with merged_view(lowers, ex.snapshots.scratch) as view:
-            uid, gid, groups = resolve_user(view, step.user or image.config.config.user or "0")
+        if isinstance(rootfs, Path):
+            uid, gid, groups = resolve_user(rootfs, step.user or image.config.config.user or "0")
+        else:
+            with merged_view([Path(p) for p in reversed(rootfs.lowerdirs)], ex.snapshots.scratch) as view:
+                uid, gid, groups = resolve_user(view, step.user or image.config.config.user or "0")
         env = dict(step.env)
         env.setdefault("PATH", DEFAULT_PATH)
         mounts = [m for rm in step.mounts if (m := _mount(ex, stack, rm, step, env, futures)) is not None]
-        if not lowers:
-            empty = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=ex.snapshots.scratch)))
-            lowers = [empty]
         spec = ProcessSpec(
-            rootfs=OverlayRootfs(tuple(str(p) for p in reversed(lowers)), str(upper), str(work)),
+            rootfs=str(rootfs) if isinstance(rootfs, Path) else rootfs,
             argv=list(step.argv),
             env=env,
             cwd=step.workdir or "/",

@@ -81,6 +81,12 @@ class Snapshots:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def empty_lower(self) -> Path:
+        """An empty bottom layer for overlays of images with no layers (scratch)."""
+        path = self.scratch / "empty-lower"
+        path.mkdir(exist_ok=True)
+        return path
+
     def new_upper(self) -> tuple[Path, Path]:
         """A fresh (upper, work) pair for one step, in the same filesystem as the snapshots."""
         base = Path(tempfile.mkdtemp(dir=self.scratch, prefix="step-"))
