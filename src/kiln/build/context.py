@@ -12,6 +12,7 @@ stat data is unchanged since it was last hashed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -32,6 +33,7 @@ from kiln.build.source_tree import DIGEST_VERSION, SourceTree, join
 from kiln.build.statcache import StatCache
 from kiln.errors import KilnError
 from kiln.oci.digest import Digest
+from kiln.oci.layer_writer import default_xattr_filter
 
 if TYPE_CHECKING:
     from kiln.oci.store import Store
@@ -73,6 +75,9 @@ class BuildContext(SourceTree):
         self.stat_cache = stat_cache if stat_cache is not None else StatCache(None)
         self._info: dict[str, tuple[bool, MatchInfo]] = {}
         self._has_visible: dict[str, bool] = {}
+        self._root_str = str(self.root)
+        self._root_prefix = self._root_str.rstrip("/") + "/"
+        self._preloaded = False
 
     @classmethod
     def open(
@@ -167,13 +172,52 @@ class BuildContext(SourceTree):
             if stat.S_ISDIR(st.st_mode):
                 stack.append(iter([join(child, n) for n in self.listdir(child)]))
 
+    # -- per-file fast paths ---------------------------------------------------------------
+    # A context is walked, stat-ed and looked up in the hash cache once per file; building a
+    # pathlib.Path for each of those calls cost more than the system calls themselves.
+
+    def _host_str(self, rel: str) -> str:
+        """``str(self.host(rel))`` without pathlib, for the clean relative paths walks produce."""
+        if not rel:
+            return self._root_str
+        if rel.startswith(("/", "./")) or rel.endswith(("/", "/.")) or "//" in rel or "/./" in rel or rel == ".":
+            return str(self.host(rel))
+        return self._root_prefix + rel
+
+    def raw_lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            return os.lstat(self._host_str(rel))
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def xattrs(self, rel: str) -> dict[str, bytes]:
+        path = self._host_str(rel)
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return {}
+        out: dict[str, bytes] = {}
+        for key in sorted(names):
+            if default_xattr_filter(key):
+                try:
+                    out[key] = os.getxattr(path, key, follow_symlinks=False)
+                except OSError:
+                    continue
+        return out
+
     # -- ownership and content -----------------------------------------------------------
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         return 0, 0
 
     def sha256(self, rel: str, st: os.stat_result) -> str:
-        key = os.fsencode(self.host(rel))
+        if not self._preloaded:
+            # One range query for the whole context instead of one query per file.
+            self._preloaded = True
+            self.stat_cache.preload(os.fsencode(self._root_prefix))
+        key = os.fsencode(self._host_str(rel))
         cached = self.stat_cache.lookup(key, st)
         if cached is not None:
             return cached

@@ -8,7 +8,10 @@ Racy writes: a file changed within the timestamp granularity right after it was 
 could keep its stat data. Like git's racy-clean rule, a hash is only remembered when the
 file's mtime and ctime are older than `racy_window_ns` at the time of hashing.
 
-The table lives in SQLite (stdlib) under the store's state directory. Several builds may use
+The table lives in SQLite (stdlib) under the store's state directory. A build asks about every
+file of its context, so `preload(prefix)` reads the rows below the context root in one range
+query (the primary key is the path) and answers those lookups from memory; a context with more
+than `PRELOAD_MAX_ROWS` remembered files is asked about row by row, to keep memory bounded. Several builds may use
 it at once: WAL mode lets readers run beside a writer, each writer transaction is short
 (one batch at the end of a hashing pass) and a busy database is retried. It is only a cache:
 if it cannot be opened or written, builds go on hashing files, with a warning.
@@ -52,6 +55,8 @@ class StatCache:
     """path (bytes: names need not be UTF-8) + stat key -> sha256 hex, in SQLite; counts hits and misses."""
 
     RETRIES = 20
+    #: At most this many rows are held in memory by `preload` (about 25 MiB at most).
+    PRELOAD_MAX_ROWS = 50_000
 
     def __init__(self, path: Path | None, *, racy_window_ns: int = 2_000_000_000) -> None:
         self.path = path
@@ -61,6 +66,8 @@ class StatCache:
         self._pending: list[tuple[bytes, int, int, int, int, int, str]] = []
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one connection, possibly used by several build threads
+        #: path prefix -> rows below it, as read by `preload`.
+        self._preloaded: dict[bytes, dict[bytes, tuple[StatKey, str]]] = {}
         if path is not None:
             try:
                 self._db = self._retry(lambda: self._open(path))
@@ -92,10 +99,51 @@ class StatCache:
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
 
+    def preload(self, prefix: bytes) -> None:
+        """Read every row whose path starts with `prefix` (a directory path ending in '/') at once,
+        so lookups below it cost no query. Rows remembered later by another build are missed
+        (the file is hashed again), never misread: a lookup still compares the stat key."""
+        if self._db is None or not prefix.endswith(b"/") or prefix in self._preloaded:
+            return
+        db = self._db
+        # Every path below `prefix` sorts in [prefix, prefix with its last '/' raised to '0').
+        upper = prefix[:-1] + b"0"
+        limit = self.PRELOAD_MAX_ROWS
+        try:
+            with self._lock:
+                rows = self._retry(
+                    lambda: db.execute(
+                        "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files_v1"
+                        " WHERE path >= ? AND path < ? LIMIT ?",
+                        (prefix, upper, limit + 1),
+                    ).fetchall()
+                )
+        except sqlite3.Error as e:
+            self._disable(e)
+            return
+        if len(rows) > limit:
+            return  # too many to hold: ask row by row
+        self._preloaded[prefix] = {bytes(r[0]): ((r[1], r[2], r[3], r[4], r[5]), str(r[6])) for r in rows}
+
+    def _from_preload(self, path: bytes) -> tuple[bool, tuple[StatKey, str] | None]:
+        """(whether a preload covers `path`, its row if there is one)."""
+        for prefix, rows in self._preloaded.items():
+            if path.startswith(prefix):
+                return True, rows.get(path)
+        return False, None
+
     def lookup(self, path: bytes, st: os.stat_result) -> str | None:
         if self._db is None:
             self.misses += 1
             return None
+        if self._preloaded:
+            covered, got = self._from_preload(path)
+            if covered:
+                if got is not None and got[0] == stat_key(st):
+                    self.hits += 1
+                    return got[1]
+                self.misses += 1
+                return None
         db = self._db
         try:
             with self._lock:
@@ -121,6 +169,10 @@ class StatCache:
             return  # racy: the file may still change within its timestamp granularity
         with self._lock:
             self._pending.append((path, *stat_key(st), sha256))
+            for prefix, rows in self._preloaded.items():
+                if path.startswith(prefix):
+                    rows[path] = (stat_key(st), sha256)
+                    break
 
     def flush(self) -> None:
         with self._lock:
