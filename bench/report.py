@@ -48,6 +48,24 @@ def machine_facts() -> dict[str, str]:
     }
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (ext4, tmpfs, ...), from /proc/mounts."""
+    target = str(Path(path).resolve())
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount = fields[1]
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
 def _runs(row: Row, who: str) -> str:
     samples = row.kiln if who == "kiln" else row.peer
     return " ".join(f"{s.seconds:.3f}" for s in samples)

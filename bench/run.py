@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             # Other work on the machine moves the numbers; say how busy it was.
             conditions = {
                 **machine,
+                "scratch filesystem": report.filesystem_of(Path(tmp)),
                 "load (1 min) before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
             }
             print(report.text_table(result), flush=True)
