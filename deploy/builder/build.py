@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.base is None and not registry_has(base):
         build_base(base, args.store)
     say(f"builder image on {base}")
-    kiln("build", "--progress", "plain", "-f", str(REPO / "deploy/builder/Dockerfile"), "--build-arg", f"BASE={base}",
+    extra = []
+    ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
+    if ca.is_file():
+        extra = ["--secret", f"id=ca-bundle,src={ca}"]  # the host's trust (a TLS-inspecting proxy's CA) for pip
+    kiln("build", "--progress", "plain", "-f", str(REPO / "deploy/builder/Dockerfile"), "--build-arg", f"BASE={base}", *extra,
          "-t", args.ref, "--push", str(REPO), store=args.store)  # fmt: skip
     print(args.ref)
     return 0

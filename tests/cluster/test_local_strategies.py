@@ -80,7 +80,7 @@ def test_git_source_with_context_dir(ws: BuilderWorkspace, rootless: Rootless, b
     obj = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "fromgit"},
            "spec": {"source": {"git": {"uri": f"file://{repo}", "ref": "v1"}, "contextDir": "app"}, "strategy": {"type": "Docker"},
                     "output": {"to": {"name": "localhost/fromgit:latest"}}}}  # fmt: skip
-    code, outcome, log = run_config(ws, write_config(ws, "fromgit", obj))
+    code, _, log = run_config(ws, write_config(ws, "fromgit", obj))
     assert code == 0, log
     run = ws.kiln("run", "localhost/fromgit:latest", "cat", "/msg.txt")
     assert run.stdout == "from git\n", run.stderr
@@ -130,7 +130,7 @@ def test_source_strategy_without_the_s2i_frontend_says_so(ws: BuilderWorkspace, 
         pytest.skip("the S2I frontend is present; the e2e tests build Source strategies")
     obj = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "s2i"},
            "spec": {"source": {"dockerfile": "x"}, "strategy": {"type": "Source", "sourceStrategy": {"from": {"name": busybox}}}}}  # fmt: skip
-    code, outcome, log = run_config(ws, write_config(ws, "s2i", obj))
+    code, outcome, _ = run_config(ws, write_config(ws, "s2i", obj))
     assert code == 1
     assert "not available yet" in outcome["message"]
 

@@ -26,6 +26,7 @@ class InstallOptions:
     registry_image: str = REGISTRY_IMAGE
     host_users: bool = False
     with_registry: bool = True
+    with_controller: bool = True
 
     @property
     def registry_host(self) -> str:
@@ -163,7 +164,8 @@ def all_objects(opts: InstallOptions) -> list[dict[str, Any]]:
     objects = [namespace(opts), *crds().values(), *rbac(opts)]
     if opts.with_registry:
         objects += registry(opts)
-    objects.append(controller(opts))
+    if opts.with_controller:
+        objects.append(controller(opts))
     return objects
 
 

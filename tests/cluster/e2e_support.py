@@ -1,0 +1,167 @@
+"""Shared by tests/e2e/test_builds.py and test_controller.py: the builder image, kiln installed, the controller.
+
+Session singletons (module-level, so two test modules share one builder image and one controller
+process). The controller runs on the host as `kiln controller` with a kubeconfig holding a token
+of the `kiln-controller` ServiceAccount, so the RBAC in deploy/rbac.yaml is what it really gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kiln.cluster.kube import Kube
+from kiln.cluster.models import Build, BuildPhase
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 240.0
+
+
+@dataclass
+class Installed:
+    builder_image: str
+    busybox: str
+    admin_kubeconfig: Path
+    controller_kubeconfig: Path
+    registry: str
+
+
+_installed: Installed | None = None
+_controller: ControllerProcess | None = None
+
+
+def build_builder_image(registry: str) -> str:
+    ref = f"{registry}/kiln/builder:e2e"
+    done = subprocess.run([sys.executable, str(REPO / "deploy/builder/build.py"), ref], capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the builder image failed:\n{done.stderr[-4000:]}")
+    return ref
+
+
+def install(cluster: Any, busybox: str) -> Installed:
+    """CRDs and RBAC applied by `kiln install`'s code (the controller Deployment and registry dry-run only)."""
+    global _installed
+    if _installed is not None:
+        return _installed
+    from kiln.cluster.install import install as apply
+    from kiln.cluster.manifests import InstallOptions
+
+    admin = Kube(cluster.client())
+    builder = build_builder_image(cluster.registry)
+    apply(admin, InstallOptions(builder_image=builder, with_registry=False, with_controller=False), say=lambda _t: None)
+    apply(admin, InstallOptions(builder_image=builder), say=lambda _t: None, dry_run=True)
+    api = cluster.api()
+    token = api.create("/api/v1/namespaces/kiln-system/serviceaccounts/kiln-controller/token",
+                       {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 86400}})  # fmt: skip
+    kubeconfig = Path(tempfile.mkdtemp(prefix="kiln-e2e-controller-")) / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)}}],
+        "users": [{"name": "u", "user": {"token": token["status"]["token"]}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "default"}}],
+    }))  # fmt: skip
+    _installed = Installed(builder, busybox, cluster.kubeconfig, kubeconfig, cluster.registry)
+    return _installed
+
+
+class ControllerProcess:
+    """`kiln controller` as a child process, stopped (and restartable) by PID."""
+
+    def __init__(self, installed: Installed) -> None:
+        self.installed = installed
+        self.log_path = Path(tempfile.mkdtemp(prefix="kiln-e2e-controller-log-")) / "controller.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.installed.controller_kubeconfig), "KILN_BUILDER_IMAGE": self.installed.builder_image,
+               "PYTHONPATH": str(REPO / "src")}  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "kiln", "controller"], env=env, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def controller(installed: Installed) -> ControllerProcess:
+    global _controller
+    if _controller is None:
+        _controller = ControllerProcess(installed)
+        _controller.start()
+    elif _controller.proc is None or _controller.proc.poll() is not None:
+        _controller.start()
+    return _controller
+
+
+def stop_controller() -> None:
+    global _controller
+    if _controller is not None:
+        _controller.stop()
+        _controller = None
+
+
+# -- driving builds ---------------------------------------------------------------------------
+
+
+def kiln_cli(installed: Installed, *args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(installed.admin_kubeconfig), "PYTHONPATH": str(REPO / "src"), "KILN_STORE": str(Path(tempfile.gettempdir()) / "kiln-e2e-cli-store")}
+    return subprocess.run([sys.executable, "-m", "kiln", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def create(kube: Kube, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+    obj = json.loads(json.dumps(obj))
+    obj["metadata"]["namespace"] = namespace
+    return kube.create(obj)
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT, diagnose: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{diagnose()}" if diagnose else ""))
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, phases: set[BuildPhase], ctl: ControllerProcess | None = None,
+               timeout: float = WAIT) -> Build:  # fmt: skip
+    def check() -> Build | None:
+        b = kube.get_build(namespace, name)
+        return b if b is not None and b.status.phase in phases else None
+
+    def diagnose() -> str:
+        b = kube.get_build(namespace, name)
+        return f"build: {b.status if b else None}\ncontroller log:\n{ctl.log_tail() if ctl else ''}"
+
+    result: Build = wait_until(f"build {name} in {sorted(p.value for p in phases)}", check, timeout, diagnose)
+    return result
