@@ -93,7 +93,7 @@ def build(
 def _script_error(e: RunFailedError, recipe: Recipe, prepared: Prepared) -> KilnError:
     for stage in recipe.stages:
         for op in stage.ops:
-            if isinstance(op, Run) and repr(shlex.join(op.argv)) in e.message:
+            if isinstance(op, Run) and shlex.join(op.argv) in e.message:
                 name = op.argv[-1].removeprefix("s2i-")
                 if f"{MISSING_MARKER} {name} at" in e.tail:
                     return ScriptFailedError(

@@ -178,7 +178,7 @@ def _runtime_stage(inputs: S2IInputs, rt: RuntimeInputs) -> RecipeStage:
             raise S2ICompileError(f"runtime artifact {art.source}:{art.dest}: the source must be an absolute path in the builder image")
         if posixpath.isabs(art.dest):
             raise S2ICompileError(f"runtime artifact {art.source}:{art.dest}: the destination must be relative to the runtime image's WORKDIR")
-        ops.append(Copy((src,), posixpath.join(rt.workdir, art.dest, posixpath.basename(src)), chown, from_stage=BUILDER))
+        ops.append(Copy((src,), posixpath.normpath(posixpath.join(rt.workdir, art.dest, posixpath.basename(src))), chown, from_stage=BUILDER))
     if rt.user:
         ops.append(SetUser(rt.user))
     runner = script_path(rt.scripts[ASSEMBLE_RUNTIME], scripts_dir)

@@ -40,7 +40,7 @@ def kind_of(source: str) -> str:
     """"dir", "git-dir" (a local git repository), "tarball" or "git"."""
     path = Path(source)
     if "://" not in source and path.is_dir():
-        return "git-dir" if (path / ".git").exists() else "dir"
+        return "git-dir" if _is_git_repo(path) else "dir"
     if "://" not in source and path.is_file():
         if source.endswith(TARBALL_SUFFIXES) or tarfile.is_tarfile(source):
             return "tarball"
@@ -116,9 +116,18 @@ def _clone(url: str, dest: Path, ref: str | None) -> None:
         _git("submodule", "update", "--init", "--recursive", cwd=dest)
 
 
+def _is_git_repo(path: Path) -> bool:
+    """The top of a git work tree (a stray .git directory is not enough)."""
+    if not (path / ".git").exists():
+        return False
+    done = _git("rev-parse", "--show-toplevel", cwd=path)
+    return done.returncode == 0 and Path(done.stdout.strip()).resolve() == path.resolve()
+
+
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return (fatal or lines or ["no output"])[0 if fatal else -1]
 
 
 def _git_info(repo: Path, *, location: str) -> SourceInfo:
