@@ -93,5 +93,37 @@ def download(ref: str, store: Store, dest: Path, options: RegistryOptions) -> No
     if not isinstance(manifest, Manifest) or manifest.artifact_type != ARTIFACT_TYPE or len(manifest.layers) != 1:
         raise ManifestError(f"binary source {ref}: not a kiln build-source artifact")
     with store.open_blob(manifest.layers[0].dgst) as blob, tarfile.open(fileobj=blob, mode="r:gz") as tar:
-        # the "data" filter refuses absolute names, .. and links leaving dest, and drops odd modes
-        tar.extractall(dest, filter="data")
+        extract(tar, dest, ref)
+
+
+def extract(tar: tarfile.TarFile, dest: Path, what: str) -> None:
+    """Unpack regular files, directories and symlinks only, never writing outside ``dest`` or through a link.
+
+    (tarfile's extraction filters would do, but Debian bookworm's Python 3.11.2 predates them.)
+    """
+    root = dest.resolve()
+    for member in tar:
+        parts = [p for p in member.name.split("/") if p not in ("", ".")]
+        if member.name.startswith("/") or ".." in parts:
+            raise BinarySourceError(f"binary source {what}: refusing entry {member.name!r}")
+        if not parts:
+            continue
+        parent = root.joinpath(*parts[:-1])
+        if parent.resolve() != parent or (parent.exists() and not parent.is_dir()):
+            raise BinarySourceError(f"binary source {what}: entry {member.name!r} goes through a link")
+        target = parent / parts[-1]
+        if member.isdir():
+            parent.mkdir(parents=True, exist_ok=True)
+            target.mkdir(mode=0o755, exist_ok=True)
+        elif member.isfile():
+            parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755 if member.mode & 0o111 else 0o644)
+            with source, os.fdopen(fd, "wb") as out:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+        elif member.issym():
+            parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(member.linkname, target)
+        # hard links, devices and fifos have no place in a build's source: skipped
