@@ -88,3 +88,27 @@ def custom(name: str, builder: str, output: str) -> dict[str, Any]:
             "output": {"to": {"kind": "DockerImage", "name": output}},
         },
     }
+
+
+S2I_ASSEMBLE = "#!/bin/sh\nset -e\nmkdir -p /opt/app\ncp -R /tmp/src/. /opt/app/\necho \"assembled with $GREETING\" > /opt/app/assembled\n"
+S2I_RUN = "#!/bin/sh\nexec cat /opt/app/assembled\n"
+
+
+def s2i_builder_dockerfile(busybox: str) -> str:
+    return (
+        f"FROM {busybox}\nCOPY assemble run /usr/libexec/s2i/\nRUN chmod 755 /usr/libexec/s2i/assemble /usr/libexec/s2i/run\n"
+        'LABEL io.openshift.s2i.scripts-url="image:///usr/libexec/s2i"\nENV HOME=/opt/app\nCMD ["/usr/libexec/s2i/run"]\n'
+    )
+
+
+def source(name: str, builder: str, output: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "BuildConfig",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"binary": {}},
+            "strategy": {"type": "Source", "sourceStrategy": {"from": {"kind": "DockerImage", "name": builder}, "env": [{"name": "GREETING", "value": "s2i-hi"}]}},
+            "output": {"to": {"kind": "DockerImage", "name": output}},
+        },
+    }

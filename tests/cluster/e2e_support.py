@@ -132,9 +132,16 @@ def stop_controller() -> None:
 # -- driving builds ---------------------------------------------------------------------------
 
 
+def _cli_env(installed: Installed) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(installed.admin_kubeconfig), "PYTHONPATH": str(REPO / "src"), "KILN_STORE": str(Path(tempfile.gettempdir()) / "kiln-e2e-cli-store")}
+
+
 def kiln_cli(installed: Installed, *args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(installed.admin_kubeconfig), "PYTHONPATH": str(REPO / "src"), "KILN_STORE": str(Path(tempfile.gettempdir()) / "kiln-e2e-cli-store")}
-    return subprocess.run([sys.executable, "-m", "kiln", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run([sys.executable, "-m", "kiln", *args], env=_cli_env(installed), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def kiln_popen(installed: Installed, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "kiln", *args], env=_cli_env(installed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def create(kube: Kube, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:

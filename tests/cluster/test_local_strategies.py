@@ -11,7 +11,17 @@ import pytest
 import yaml
 
 from tests.cli.buildkit import BuilderWorkspace
-from tests.cluster.builders import CUSTOM_BUILD_SH, custom, custom_builder_dockerfile, docker_inline, pipeline
+from tests.cluster.builders import (
+    CUSTOM_BUILD_SH,
+    S2I_ASSEMBLE,
+    S2I_RUN,
+    custom,
+    custom_builder_dockerfile,
+    docker_inline,
+    pipeline,
+    s2i_builder_dockerfile,
+    source,
+)
 from tests.fixtures.images import BuiltImage, push_with_skopeo
 from tests.fixtures.registry import Registry
 from tests.fixtures.rootless import Rootless
@@ -123,16 +133,21 @@ def test_custom_builder_gets_openshifts_environment(ws: BuilderWorkspace, regist
                    "SOURCE_REF": "v1", "PUSH_DOCKERCFG_PATH": "", "GREETING": "custom-hi", "BUILD": "ok"}  # fmt: skip
 
 
-def test_source_strategy_without_the_s2i_frontend_says_so(ws: BuilderWorkspace, busybox: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("kiln.frontend.s2i") is not None:
-        pytest.skip("the S2I frontend is present; the e2e tests build Source strategies")
-    obj = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "s2i"},
-           "spec": {"source": {"dockerfile": "x"}, "strategy": {"type": "Source", "sourceStrategy": {"from": {"name": busybox}}}}}  # fmt: skip
-    code, outcome, _ = run_config(ws, write_config(ws, "s2i", obj))
-    assert code == 1
-    assert "not available yet" in outcome["message"]
+def test_source_strategy_through_the_s2i_frontend(ws: BuilderWorkspace, registry: Registry, busybox: str, fresh_repo: Any) -> None:
+    builder = f"{registry.host}/{fresh_repo('s2i-builder')}:latest"
+    ctx = ws.context("s2i-builder", {"Dockerfile": s2i_builder_dockerfile(busybox), "assemble": S2I_ASSEMBLE, "run": S2I_RUN}, busybox=False)
+    done = ws.build(ctx, "-t", builder, "--push")
+    assert done.returncode == 0, done.stderr
+    app = ws.context("s2i-app", {"index.txt": "app source\n"}, busybox=False)
+    output = f"{registry.host}/{fresh_repo('s2i-out')}:latest"
+    result = ws.root / "s2i.result.json"
+    cfg = write_config(ws, "s2i", source("s2i", builder, output))
+    run = ws.kiln("build", "--progress", "plain", "--config", str(cfg), "--result-file", str(result), "--push", str(app))
+    assert run.returncode == 0, run.stdout + run.stderr
+    outcome = json.loads(result.read_text())
+    assert [s["name"] for s in outcome["stages"]] == ["FetchInputs", "Build", "PushImage"]
+    ran = ws.kiln("run", output)
+    assert ran.stdout == "assembled with s2i-hi\n", ran.stderr
 
 
 def test_invalid_config_is_one_line(ws: BuilderWorkspace) -> None:

@@ -24,7 +24,17 @@ from lightkube.codecs import from_dict
 from kiln.cluster.kube import Kube
 from kiln.cluster.models import BuildPhase
 from tests.cluster import e2e_support as e2e
-from tests.cluster.builders import CUSTOM_BUILD_SH, custom, custom_builder_dockerfile, docker_inline, pipeline
+from tests.cluster.builders import (
+    CUSTOM_BUILD_SH,
+    S2I_ASSEMBLE,
+    S2I_RUN,
+    custom,
+    custom_builder_dockerfile,
+    docker_inline,
+    pipeline,
+    s2i_builder_dockerfile,
+    source,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -172,10 +182,6 @@ def test_custom_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: K
     assert f"OUTPUT_IMAGE={output}" in log and "BUILD=ok" in log and "GREETING=custom-hi" in log
 
 
-S2I_ASSEMBLE = "#!/bin/sh\nset -e\nmkdir -p /opt/app\ncp -R /tmp/src/. /opt/app/\necho assembled > /opt/app/assembled\n"
-S2I_RUN = "#!/bin/sh\nexec cat /opt/app/assembled\n"
-
-
 @pytest.fixture(scope="session")
 def s2i_builder(installed: e2e.Installed) -> str:
     ref = f"{installed.registry}/e2e/s2i-builder:latest"
@@ -183,10 +189,7 @@ def s2i_builder(installed: e2e.Installed) -> str:
     try:
         (ctx / "assemble").write_text(S2I_ASSEMBLE)
         (ctx / "run").write_text(S2I_RUN)
-        (ctx / "Dockerfile").write_text(
-            f"FROM {installed.busybox}\nCOPY assemble run /usr/libexec/s2i/\nRUN chmod 755 /usr/libexec/s2i/assemble /usr/libexec/s2i/run\n"
-            'LABEL io.openshift.s2i.scripts-url="image:///usr/libexec/s2i"\nENV HOME=/opt/app\nCMD ["/usr/libexec/s2i/run"]\n'
-        )
+        (ctx / "Dockerfile").write_text(s2i_builder_dockerfile(installed.busybox))
         done = e2e.kiln_cli(installed, "build", "--progress", "plain", "-t", ref, "--push", str(ctx))
         assert done.returncode == 0, done.stderr
     finally:
@@ -196,9 +199,7 @@ def s2i_builder(installed: e2e.Installed) -> str:
 
 def test_source_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, s2i_builder: str) -> None:
     output = f"{installed.registry}/{namespace}/s2i:latest"
-    bc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "s2i"},
-          "spec": {"source": {"binary": {}}, "strategy": {"type": "Source", "sourceStrategy": {"from": {"kind": "DockerImage", "name": s2i_builder}}},
-                   "output": {"to": {"kind": "DockerImage", "name": output}}}}  # fmt: skip
+    bc = source("s2i", s2i_builder, output)
     src = Path(tempfile.mkdtemp(prefix="kiln-e2e-s2i-src-"))
     (src / "index.txt").write_text("app source\n")
     try:

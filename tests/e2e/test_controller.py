@@ -96,15 +96,18 @@ def test_deadline_fails_the_build(installed: e2e.Installed, ctl: e2e.ControllerP
 
 def test_cancel_build_removes_the_pod(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str) -> None:
     e2e.create(k, namespace, sleeper("cancelme", installed.busybox, 120))
-    start_build(k, namespace, "cancelme")
+    # `start-build --wait` is waiting when the build is cancelled: it exits non-zero (0 is for Complete only)
+    waiter = e2e.kiln_popen(installed, "start-build", "cancelme", "-n", namespace, "--wait")
     e2e.wait_phase(k, namespace, "cancelme-1", {BuildPhase.RUNNING}, ctl)
+    assert k.get_pod(namespace, pod_name("cancelme-1")) is not None
     done = e2e.kiln_cli(installed, "cancel-build", "cancelme-1", "-n", namespace, "--wait")
     assert done.returncode == 0, done.stderr
     build = k.get_build(namespace, "cancelme-1")
     assert build is not None and build.status.phase is BuildPhase.CANCELLED and build.status.reason == "CancelledBuild"
     e2e.wait_until("pod deleted", lambda: k.get_pod(namespace, pod_name("cancelme-1")) is None)
-    waited = e2e.kiln_cli(installed, "start-build", "cancelme", "-n", namespace, "--wait", "--timeout", "1")
-    assert waited.returncode != 0  # --wait exits 0 only for Complete
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 1, out + err
+    assert "build cancelme-1 cancelled: CancelledBuild" in err
 
 
 def test_history_limits_prune_old_builds(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str) -> None:
