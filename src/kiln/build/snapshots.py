@@ -116,6 +116,6 @@ def discard(path: Path) -> None:
         return
     for dirpath, dirnames, _ in os.walk(path):
         for d in dirnames:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, NotImplementedError):  # a symlink to a directory: no lchmod on Linux
                 os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
     shutil.rmtree(path, ignore_errors=True)
