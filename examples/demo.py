@@ -7,11 +7,13 @@ Runs as root (like `make demo`), but every kiln command runs as the unprivileged
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,10 +80,51 @@ def main() -> int:
             if "Hello from an image built by kiln" not in out:
                 print("demo: the app did not print its message", file=sys.stderr)
                 return 1
+            if os.environ.get("KILN_DEMO_S2I", "1") != "0":  # KILN_DEMO_S2I=0 skips it
+                s2i_demo(rootless, work, kiln, registry.host, base_ref)
             print(f"\ndemo: OK (builds took {built:.1f}s)")
         return 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def s2i_demo(rootless: Rootless, work: Path, kiln: Callable[..., str], host: str, base_ref: str) -> None:
+    """S2I (examples/s2i-static): a static-site builder on the busybox base, a site built from
+    source with `kiln s2i build`, served by busybox httpd and fetched over loopback. The Python
+    builder (debootstrap, minutes) is opt-in: examples/s2i-python/demo_python.py."""
+    import socket
+    import urllib.request
+
+    ctx = work / "s2i-static"
+    shutil.copytree(REPO / "examples" / "s2i-static", ctx)
+    subprocess.run(["chown", "-R", "builder:builder", str(ctx)], check=True)
+    builder_ref, site_ref = f"{host}/demo/s2i-static-builder:latest", f"{host}/demo/site:latest"
+    step("S2I: a static-site builder on the busybox base, and a site built from source with it")
+    kiln("build", "--progress", "plain", "-t", builder_ref, "--build-arg", f"BASE={base_ref}", "--push", str(ctx / "builder"))
+    kiln("s2i", "usage", builder_ref)
+    kiln("s2i", "build", "--progress", "plain", "--push", str(ctx / "app"), builder_ref, site_ref)
+    kiln("inspect", site_ref)
+    step("S2I: run the site (busybox httpd) and fetch its page over loopback")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"KILN_STORE": str(work / "store")}
+    server = rootless.popen_as_builder(rootless.kiln_argv("run", "--timeout", "60", "-e", f"PORT={port}", site_ref), cwd=work, env=env)
+    try:
+        page = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        print(page.strip())
+        if "built by kiln s2i" not in page:
+            raise SystemExit("demo: the S2I site did not serve its page")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -94,12 +94,18 @@ def main() -> int:
         kiln("s2i", "usage", BUILDER)
 
         step("kiln s2i build the app: assemble pip-installs requirements.txt")
-        kiln("s2i", "build", "--progress", "plain", "--incremental", str(work / "example/app"), BUILDER, APP)
+        # A machine behind a TLS-inspecting proxy trusts an extra CA: hand it to pip with --inject
+        # (a read-only bind mount of assemble only, never in a layer).
+        tls: list[str] = []
+        bundle = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+        if bundle and Path(bundle).is_file():
+            tls = ["--inject", f"{bundle}:/run/kiln-ca", "-e", f"PIP_CERT=/run/kiln-ca/{Path(bundle).name}"]
+        kiln("s2i", "build", "--progress", "plain", "--incremental", *tls, str(work / "example/app"), BUILDER, APP)
         out = kiln("run", APP)
         step("edit the app, build again with --incremental: pip's cache comes back")
         app = work / "example/app/app.py"
         app.write_text(app.read_text().replace('"none"', '"none at all"'))
-        kiln("s2i", "build", "--progress", "plain", "--incremental", str(work / "example/app"), BUILDER, APP)
+        kiln("s2i", "build", "--progress", "plain", "--incremental", *tls, str(work / "example/app"), BUILDER, APP)
         out = kiln("run", APP)
         if "none at all" not in out:
             print("demo_python: the rebuilt app did not print its new table", file=sys.stderr)

@@ -64,3 +64,20 @@ def run_build(request: BuildRequest, store: Store, *, quiet: bool = False, color
     executor = Executor(store, request.options, log)
     plan = compile_request(request, store, resolver=lambda ref: executor.resolve_image(ref, request.platform).config)
     return executor.build(plan)
+
+
+def run_plan(plan: Plan, store: Store, options: BuildOptions, *, quiet: bool = False, color: bool = False) -> BuildResult:
+    """Run a plan a frontend has already compiled (S2I, and any frontend that is not a Dockerfile)."""
+    log = PlainBuildLog(quiet=quiet, color=color)
+    return Executor(store, options, log).build(plan)
+
+
+def config_resolver(store: Store, options: BuildOptions, platform: Platform | None = None) -> ConfigResolver:
+    """Base image configs as a build sees them: from the store, pulled as ``options.pull`` says.
+
+    For frontends that need image configs to compile (as the Dockerfile frontend does with
+    its base images) before handing the plan to ``run_plan``.
+    """
+    executor = Executor(store, options, PlainBuildLog(quiet=True))
+    want = platform or Platform()
+    return lambda ref: executor.resolve_image(ref, want).config

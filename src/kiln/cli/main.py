@@ -24,6 +24,8 @@ def _register() -> None:
     build.register(cli)
     run.register(cli)
     cluster.register(cli)
+    from kiln.cli import s2i
+    s2i.register(cli)
 
 
 def _error_line(message: str) -> None:
