@@ -71,6 +71,10 @@ DIRS_0755 = {"d": Dir(), "d/sub": Dir()}
 # Deliberate deviations (docs/differential.md): kiln follows BuildKit where buildah 1.28 differs.
 SHELL_WHY = "SHELL applies to shell-form CMD and ENTRYPOINT too (Docker, BuildKit); buildah 1.28 uses /bin/sh -c"
 SETID_WHY = "COPY keeps setuid/setgid bits (Docker, BuildKit); buildah 1.28 strips them (not the sticky bit)"
+WORKDIR_WHY = (
+    "WORKDIR creates its directory, owned by USER (BuildKit); buildah 1.28 creates it only when a "
+    "later RUN needs it (then also owned by USER)"
+)
 COPY_UP_WHY = (
     "a RUN that changes one name of a hard link made in an earlier layer breaks the link: overlayfs "
     "copies up that name only (as with Docker's overlay2 and BuildKit's overlayfs snapshotter); "
@@ -351,25 +355,34 @@ WORKDIR /a/b/c/named
         {"a.txt": "a\n"},
     ),
     Case(
+        "workdir-unused",
+        """\
+FROM {base}
+WORKDIR /newtop/deeper
+USER app
+WORKDIR /appdir
+WORKDIR sub
+""",
+        deviations={
+            "/newtop": Deviation(WORKDIR_WHY, None, Expect("dir", 0o755)),
+            "/newtop/deeper": Deviation(WORKDIR_WHY, None, Expect("dir", 0o755)),
+            "/appdir": Deviation(WORKDIR_WHY, None, Expect("dir", 0o755, 1000, 1000)),
+            "/appdir/sub": Deviation(WORKDIR_WHY, None, Expect("dir", 0o755, 1000, 1000)),
+        },
+    ),
+    Case(
         "workdir-existing-parents",
         """\
 FROM {base}
-WORKDIR /tmp/new/deeper
+WORKDIR /tmp/new
+RUN touch /tmp/new/file
 USER app
 WORKDIR /home/app/work
+RUN true
 """,
-        deviations={
-            "/home/app": Deviation(
-                "BuildKit creates WORKDIR's missing directories owned by USER; buildah 1.28 by root",
-                Expect("dir", 0o755), Expect("dir", 0o755, 1000, 1000),
-            ),
-            "/home/app/work": Deviation(
-                "as /home/app", Expect("dir", 0o755), Expect("dir", 0o755, 1000, 1000),
-            ),
-        },
-        xfail="kiln bug: WORKDIR re-creates existing parent directories in its layer with mode 0755 "
-        "and USER's owner (/tmp loses its sticky 1777, /home becomes app's); executor._mkdirs checks the "
-        "empty upper dir instead of the image",
+        xfail="kiln bug: WORKDIR re-creates the existing parents of a new directory in its layer with "
+        "mode 0755 and USER's owner (/tmp loses its sticky 1777; /home becomes 1000:1000); "
+        "executor._mkdirs checks the empty upper directory instead of the image",
     ),
     Case(
         "shell-docker",

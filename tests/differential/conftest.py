@@ -101,15 +101,15 @@ PARALLEL_CASES = 2
 def prebuilt(diff_env: DiffEnv, request: pytest.FixtureRequest) -> Iterator[dict[str, Future[Pair]]]:
     """Every selected case, building in the background from the first use on; a test waits for its
     own case only, and a build failure surfaces in that case's test."""
-    selected = {
+    # In the order the tests will ask for them, so no test waits for cases queued before its own.
+    order = [
         item.callspec.params["case"].name
         for item in request.session.items
         if hasattr(item, "callspec") and "case" in item.callspec.params
-    }
-    # Longest first (buildah commits each step, so steps are what costs), for a better packing.
-    cases = sorted((c for c in CASES if c.name in selected), key=lambda c: -c.dockerfile.count("\n"))
+    ]
+    by_name = {case.name: case for case in CASES}
     pool = ThreadPoolExecutor(PARALLEL_CASES, thread_name_prefix="diff-build")
     try:
-        yield {case.name: pool.submit(build_case, diff_env, case) for case in cases}
+        yield {name: pool.submit(build_case, diff_env, by_name[name]) for name in dict.fromkeys(order)}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
