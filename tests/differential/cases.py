@@ -75,6 +75,11 @@ WORKDIR_WHY = (
     "WORKDIR creates its directory, owned by USER (BuildKit); buildah 1.28 creates it only when a "
     "later RUN needs it (then also owned by USER)"
 )
+LINK_DEST_WHY = (
+    "COPY resolves the whole destination path inside the image, a final symlink too, and replaces "
+    "the file the link points at (BuildKit: fs.RootPath then ensureEmptyFileTarget); buildah 1.28 "
+    "replaces the symlink itself"
+)
 COPY_UP_WHY = (
     "a RUN that changes one name of a hard link made in an earlier layer breaks the link: overlayfs "
     "copies up that name only (as with Docker's overlay2 and BuildKit's overlayfs snapshotter); "
@@ -164,6 +169,12 @@ EOT
 COPY <<EOT /hd/d
 four
 EOT
+RUN cat <<'EOT' > /hd/e
+$X literal
+EOT
+RUN cat <<-EOT > /hd/f
+		tab-stripped
+	EOT
 """,
         buildah_dockerfile="""\
 FROM {base}
@@ -172,6 +183,8 @@ ENV X=ex
 RUN echo "two $X" > /hd/b
 RUN echo three > /hd/c
 RUN echo four > /hd/d
+RUN echo '$X literal' > /hd/e
+RUN echo tab-stripped > /hd/f
 """,
         expect={
             "/hd": Expect("dir", 0o755),
@@ -179,6 +192,8 @@ RUN echo four > /hd/d
             "/hd/b": Expect(content="two ex\n"),
             "/hd/c": Expect(content="three\n"),
             "/hd/d": Expect(content="four\n"),
+            "/hd/e": Expect(content="$X literal\n"),
+            "/hd/f": Expect(content="tab-stripped\n"),
         },
     ),
     Case(
@@ -321,8 +336,6 @@ RUN id > /shared/id-numeric
 USER 4321
 RUN id > /shared/id-unknown
 """,
-        xfail="kiln bug: RUN's supplementary groups leave out the primary gid (USER app: groups=2000 "
-        "instead of 1000,2000; USER 1000:2000: none instead of 2000), unlike buildah and BuildKit >= 0.11.4",
     ),
     Case(
         "run-home",
@@ -334,8 +347,6 @@ RUN echo "app:$HOME" > /tmp/home-app
 USER 4321
 RUN echo "unknown:$HOME" > /tmp/home-unknown
 """,
-        xfail="kiln bug: RUN does not set HOME from the user's passwd entry (buildah and runc/BuildKit "
-        "do: /root, /home/app, / for an unknown uid)",
     ),
     Case(
         "workdir",
@@ -380,9 +391,6 @@ USER app
 WORKDIR /home/app/work
 RUN true
 """,
-        xfail="kiln bug: WORKDIR re-creates the existing parents of a new directory in its layer with "
-        "mode 0755 and USER's owner (/tmp loses its sticky 1777; /home becomes 1000:1000); "
-        "executor._mkdirs checks the empty upper directory instead of the image",
     ),
     Case(
         "shell-docker",
@@ -687,6 +695,101 @@ RUN echo more >> /h2
         },
     )
 )
+
+CASES += [
+    Case(
+        "copy-through-symlinks",
+        """\
+FROM {base}
+RUN mkdir -p /opt/real && ln -s /opt/real /linkdir && ln -s real /opt/rel && echo old > /target && ln -s /target /filelink
+COPY a.txt /linkdir/
+COPY b.txt /opt/rel/
+COPY d /linkdir/d/
+COPY a.txt /filelink
+COPY b.txt /bin/sh
+""",
+        {"a.txt": "a\n", "b.txt": "b\n", **DIRS_0755, "d/x": "x\n"},
+        deviations={
+            "/filelink": Deviation(LINK_DEST_WHY, Expect(content="a\n"), Expect("symlink", 0o777, target="/target")),
+            "/target": Deviation(LINK_DEST_WHY, Expect(content="old\n"), Expect(content="a\n")),
+            "/bin/sh": Deviation(LINK_DEST_WHY, Expect(content="b\n"), Expect("symlink", 0o777, target="/bin/busybox")),
+            "/bin/busybox": Deviation(LINK_DEST_WHY, Expect(mode=0o755), Expect(content="b\n")),
+        },
+    ),
+    Case(
+        "add-more-archives",
+        """\
+FROM {base}
+ADD packed.tar.bz2 packed.tar.xz /x/
+ADD links.tar /links/
+ADD --chown=app:devs owned.tar /owned/
+""",
+        {
+            "packed.tar.bz2": tar_bytes({"bz/one.txt": "bz2\n"}, compression="bz2"),
+            "packed.tar.xz": tar_bytes({"xz/two.txt": "xz\n"}, compression="xz"),
+            "links.tar": tar_bytes({"l/file": "f\n"}, symlinks={"l/sym": "file"}, hardlinks={"l/hard": "l/file"}),
+            "owned.tar": tar_bytes({"o/f.txt": "f\n"}, owner=(1234, 1234)),
+        },
+    ),
+    Case(
+        "config-edge",
+        """\
+FROM {base} AS Parent
+ENV PORT=8080 USERNAME=app
+EXPOSE $PORT 7000-7002/tcp 53/udp
+STOPSIGNAL 9
+USER $USERNAME
+LABEL "quoted key"="value with \\"quotes\\"" empty="" base=parent
+CMD ["parent"]
+FROM parent
+LABEL base=child
+ENTRYPOINT ["/bin/echo"]
+""",
+        # buildah 1.28 cannot find stage "Parent" as "parent" (BuildKit's stage names ignore case).
+        buildah_dockerfile="""\
+FROM {base} AS parent
+ENV PORT=8080 USERNAME=app
+EXPOSE $PORT 7000-7002/tcp 53/udp
+STOPSIGNAL 9
+USER $USERNAME
+LABEL "quoted key"="value with \\"quotes\\"" empty="" base=parent
+CMD ["parent"]
+FROM parent
+LABEL base=child
+ENTRYPOINT ["/bin/echo"]
+""",
+        config_deviations={
+            "ExposedPorts": ConfigDeviation(
+                "EXPOSE expands a port range into single ports (BuildKit, via nat.ParsePortSpecs); "
+                "buildah 1.28 stores the range as one key",
+                {"53/udp": {}, "7000-7002/tcp": {}, "8080/tcp": {}},
+                {"53/udp": {}, "7000/tcp": {}, "7001/tcp": {}, "7002/tcp": {}, "8080/tcp": {}},
+            ),
+        },
+    ),
+    Case(
+        "arg-scope",
+        """\
+ARG G=global
+FROM {base} AS one
+ARG S1=s1
+RUN echo "one:$G:$S1" > /one
+FROM one
+RUN echo "two:$G:$S1:$UNDECLARED" > /two
+ARG G
+ARG S1
+RUN echo "three:$G:$S1" > /three
+""",
+        args=("--build-arg", "UNDECLARED=x", "--build-arg", "S1=cli"),
+        deviations={
+            "/two": Deviation(
+                "a stage built FROM another inherits the ARGs that stage declared (BuildKit; buildah "
+                "1.28 does not, buildah issue 5762)",
+                Expect(content="two:::\n"), Expect(content="two::cli:\n"),
+            ),
+        },
+    ),
+]
 
 #: The ONBUILD pair is a test of its own (the parent is pushed, then used as a base).
 ONBUILD_PARENT = """\

@@ -79,25 +79,43 @@ def write_context(root: Path, entries: Mapping[str, Entry], *, uid: int, gid: in
         os.chmod(path, mode)
 
 
-def tar_bytes(entries: Mapping[str, bytes | str], *, gzip: bool = False, owner: tuple[int, int] = (0, 0)) -> bytes:
-    """A small archive for ADD's auto-extraction (files 0644 unless the name ends in .sh: 0755)."""
+def tar_bytes(
+    entries: Mapping[str, bytes | str],
+    *,
+    compression: str = "",
+    owner: tuple[int, int] = (0, 0),
+    symlinks: Mapping[str, str] | None = None,
+    hardlinks: Mapping[str, str] | None = None,
+    gzip: bool = False,
+) -> bytes:
+    """A small archive for ADD's auto-extraction: files 0644 (0755 if the name ends in .sh), parent
+    directories 0750, all owned by ``owner``; ``compression`` is "", "gz", "bz2" or "xz"."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w", format=tarfile.PAX_FORMAT) as tar:
+    mode = f"w:{'gz' if gzip else compression}" if (gzip or compression) else "w"
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         dirs: set[str] = set()
-        for name, content in entries.items():
+
+        def add(name: str, kind: bytes, data: bytes = b"", link: str = "") -> None:
             parts = name.split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 d = "/".join(parts[:i])
                 if d not in dirs:
                     dirs.add(d)
-                    info = tarfile.TarInfo(d)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o750, 1_600_000_000
-                    info.uid, info.gid = owner
-                    tar.addfile(info)
-            data = content.encode() if isinstance(content, str) else content
+                    dinfo = tarfile.TarInfo(d)
+                    dinfo.type, dinfo.mode, dinfo.mtime = tarfile.DIRTYPE, 0o750, 1_600_000_000
+                    dinfo.uid, dinfo.gid = owner
+                    tar.addfile(dinfo)
             info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1_600_000_000
-            info.mode = 0o755 if name.endswith(".sh") else 0o644
+            info.type, info.linkname, info.mtime = kind, link, 1_600_000_000
+            info.mode = 0o777 if kind == tarfile.SYMTYPE else 0o755 if name.endswith(".sh") else 0o644
             info.uid, info.gid = owner
-            tar.addfile(info, io.BytesIO(data))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        for name, content in entries.items():
+            add(name, tarfile.REGTYPE, content.encode() if isinstance(content, str) else content)
+        for name, target in (symlinks or {}).items():
+            add(name, tarfile.SYMTYPE, link=target)
+        for name, target in (hardlinks or {}).items():
+            add(name, tarfile.LNKTYPE, link=target)
     return buf.getvalue()
