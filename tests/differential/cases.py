@@ -207,6 +207,10 @@ RUN --mount=type=cache,id={token}-c,target=/var/cache/thing cat /var/cache/thing
 RUN --mount=type=bind,source=data,target=/mnt/ctx cat /mnt/ctx/x.txt > /from-ctx
 RUN --mount=type=bind,from=gen,source=/gen,target=/mnt/gen cat /mnt/gen/g.txt > /from-stage
 RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/t && ls -a /scratch > /tmpfs-listing
+RUN --mount=type=cache,id={token}-u,target=/c2,uid=1000,gid=2000,mode=0710 stat -c '%u:%g %a' /c2 > /cache-owner
+RUN --mount=type=bind,source=data,target=/mnt/rw,rw echo changed > /mnt/rw/x.txt && cat /mnt/rw/x.txt > /rw-seen
+RUN --mount=target=/whole-context ls -a /whole-context | sort > /context-listing
+RUN --mount=type=cache,id={token}-s,target=/c3,sharing=locked touch /c3/locked && ls /c3 > /locked-listing
 """,
         {"data": Dir(), "data/x.txt": "from the context\n"},
         expect={"/var/cache/thing/f": None, "/scratch/t": None, "/cache-second": Expect(content="cached\n")},
@@ -218,6 +222,7 @@ FROM {base}
 RUN --mount=type=secret,id=tok cat /run/secrets/tok | sha256sum > /secret-sum
 RUN --mount=type=secret,id=tok,target=/etc/tok.txt wc -c < /etc/tok.txt > /secret-len
 RUN --mount=type=secret,id=tok,required=true test -s /run/secrets/tok && echo ok > /secret-ok
+RUN --mount=type=secret,id=tok,uid=1000,gid=2000,mode=0440 stat -c '%u:%g %a' /run/secrets/tok > /secret-stat
 """,
         args=("--secret", "id=tok,src={secret}"),
         expect={"/run/secrets/tok": None, "/etc/tok.txt": None},

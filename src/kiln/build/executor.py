@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ from kiln.build.plan import (
     Step,
 )
 from kiln.build.remote_cache import RemoteCache
+from kiln.build.rootpath import resolve_in_root
 from kiln.build.run_step import run_step
 from kiln.build.snapshots import Snapshots, discard, fetch_from_sources
 from kiln.build.users import resolve_user
@@ -325,15 +327,32 @@ class Executor:
         return layer
 
     def _meta_with_fs(self, step: MetaStep, image: Image, lowers: list[Path]) -> Layer | None:
-        """WORKDIR: the directory is created (as a layer) when the image does not have it."""
+        """WORKDIR: the directory is created (as a layer) when the image does not have it.
+
+        Parents that exist keep their metadata in the layer (a copy-up, as overlayfs would
+        write it); only the missing components are new (0755, owned by the current USER).
+        """
         for change in step.changes:
             apply_change(image.config, change)
         workdir = image.config.config.working_dir or "/"
         with merged_view(lowers, self.snapshots.scratch) as view:
-            if os.path.isdir(_inside(view, workdir)):
-                return None
+            real = resolve_in_root(view, workdir)
+            parts = [p for p in real.split("/") if p]
             uid, gid, _ = resolve_user(view, image.config.config.user or "0")
-        return self._layer_in_upper(image, lambda upper, _work: _mkdirs(upper, workdir, uid, gid))
+            dirs: list[tuple[str, int, int, int, tuple[int, int] | None]] = []
+            for i in range(len(parts)):
+                rel = "/".join(parts[: i + 1])
+                try:
+                    st = os.lstat(view / rel)
+                except FileNotFoundError:
+                    dirs.append((rel, 0o755, uid, gid, None))
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BuildError(f"{self.where(step.line)}: WORKDIR {workdir}: /{rel} is not a directory")
+                dirs.append((rel, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, (st.st_atime_ns, st.st_mtime_ns)))
+        if all(times is not None for *_, times in dirs):
+            return None
+        return self._layer_in_upper(image, lambda upper, _work: _make_dirs(upper, dirs))
 
     def _copy(self, plan: Plan, step: CopyStep, image: Image, lowers: list[Path], futures: dict[int, Future[StageResult]]) -> Layer:
         with contextlib.ExitStack() as stack:
@@ -400,19 +419,17 @@ def _needs_fs(step: MetaStep) -> bool:
     return any(c.op == "workdir" for c in step.changes)
 
 
-def _inside(root: Path, path: str) -> Path:
-    return root / path.lstrip("/")
-
-
-def _mkdirs(root: Path, path: str, uid: int, gid: int) -> None:
-    current = root
-    for part in [p for p in path.split("/") if p]:
-        current = current / part
-        if not current.exists():
-            current.mkdir(mode=0o755)
-            os.chmod(current, 0o755)
-            if os.geteuid() == 0:
-                os.lchown(current, uid, gid)
+def _make_dirs(root: Path, dirs: list[tuple[str, int, int, int, tuple[int, int] | None]]) -> None:
+    """Create ``dirs`` (parents first) under ``root`` with the given mode, owner and times."""
+    for rel, mode, uid, gid, _ in dirs:
+        path = root / rel
+        path.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.lchown(path, uid, gid)
+        os.chmod(path, mode)  # after chown, which would clear setgid
+    for rel, _, _, _, times in reversed(dirs):
+        if times is not None:
+            os.utime(root / rel, ns=times, follow_symlinks=False)
 
 
 def _timestamp(epoch: int | None) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from kiln.build.overlay import merged_view, mount_overlay, umount
 from kiln.build.plan import ImageSource, RunMount, RunStep, StageSource
 from kiln.build.snapshots import discard
-from kiln.build.users import resolve_user
+from kiln.build.users import resolve_process_user
 from kiln.errors import BuildError
 from kiln.oci.digest import Digest
 from kiln.sandbox.process import run as run_process
@@ -58,22 +58,24 @@ def run_step(
     """Run ``step`` on ``rootfs``: an overlay of snapshots (the normal case) or a plain directory
     (the walk-and-compare fallback where overlayfs is not available)."""
     with contextlib.ExitStack() as stack:
+        spec_user = step.user or image.config.config.user or "0"
         if isinstance(rootfs, Path):
-            uid, gid, groups = resolve_user(rootfs, step.user or image.config.config.user or "0")
+            user = resolve_process_user(rootfs, spec_user)
         else:
             with merged_view([Path(p) for p in reversed(rootfs.lowerdirs)], ex.snapshots.scratch) as view:
-                uid, gid, groups = resolve_user(view, step.user or image.config.config.user or "0")
+                user = resolve_process_user(view, spec_user)
         env = dict(step.env)
         env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOME", user.home)
         mounts = [m for rm in step.mounts if (m := _mount(ex, stack, rm, step, env, futures)) is not None]
         spec = ProcessSpec(
             rootfs=str(rootfs) if isinstance(rootfs, Path) else rootfs,
             argv=list(step.argv),
             env=env,
             cwd=step.workdir or "/",
-            uid=uid,
-            gid=gid,
-            additional_gids=list(groups),
+            uid=user.uid,
+            gid=user.gid,
+            additional_gids=list(user.groups),
             mounts=mounts,
             network="none" if step.network == "none" else "host",
             timeout=ex.options.step_timeout,

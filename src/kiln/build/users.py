@@ -166,6 +166,22 @@ def resolve_user(rootfs: Path | None, spec: str) -> tuple[int, int, tuple[int, .
     return uid, gid, tuple(sgids)
 
 
+@dataclass(frozen=True)
+class ProcessUser:
+    """Who a RUN step or a container runs as, as runc sets it up."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # the primary gid first, then supplementary ones (BuildKit >= 0.11.4)
+    home: str  # from passwd; "/" for a uid the image does not know
+
+
+def resolve_process_user(rootfs: Path | None, spec: str) -> ProcessUser:
+    uid, gid, supplementary = resolve_user(rootfs, spec)
+    home = next((e.home for e in read_passwd(rootfs) or [] if e.uid == uid), "/")
+    return ProcessUser(uid, gid, tuple(dict.fromkeys((gid, *supplementary))), home or "/")
+
+
 def resolve_chown(rootfs: Path | None, spec: str) -> tuple[int, int]:
     """(uid, gid) for `COPY --chown=user[:group]` as BuildKit resolves it."""
     user, group = _split_spec(spec, "--chown")

@@ -12,7 +12,7 @@ from pathlib import Path
 from kiln.build.image import Image
 from kiln.build.overlay import merged_view
 from kiln.build.snapshots import Snapshots, discard
-from kiln.build.users import resolve_user
+from kiln.build.users import resolve_process_user
 from kiln.errors import UsageError
 from kiln.sandbox.process import run as run_process
 from kiln.sandbox.spec import Mount, OverlayRootfs, ProcessResult, ProcessSpec
@@ -81,7 +81,8 @@ def run_container(snapshots: Snapshots, image: Image, spec: RunSpec) -> RunOutco
     upper, work = snapshots.new_upper()
     with contextlib.ExitStack() as stack:
         with merged_view(lowers, snapshots.scratch) as view:
-            uid, gid, groups = resolve_user(view, spec.user or cfg.user or "0")
+            user = resolve_process_user(view, spec.user or cfg.user or "0")
+        env.setdefault("HOME", user.home)
         if not lowers:
             empty = upper.parent / "empty"
             empty.mkdir()
@@ -91,9 +92,9 @@ def run_container(snapshots: Snapshots, image: Image, spec: RunSpec) -> RunOutco
             argv=argv,
             env=env,
             cwd=spec.workdir or cfg.working_dir or "/",
-            uid=uid,
-            gid=gid,
-            additional_gids=list(groups),
+            uid=user.uid,
+            gid=user.gid,
+            additional_gids=list(user.groups),
             mounts=list(spec.volumes),
             network="none" if spec.network == "none" else "host",
             hostname=spec.hostname or "kiln",
