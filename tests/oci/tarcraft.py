@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def reg(name: str, data: bytes = b"x", mode: int = 0o644, **kw: object) -> tuple[tarfile.TarInfo, bytes | None]:
+def reg(
+    name: str, data: bytes = b"x", mode: int = 0o644, **kw: object
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = mode

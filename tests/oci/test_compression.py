@@ -25,7 +25,9 @@ from kiln.oci.compression import (
 DATA = os.urandom(3 << 20) + b"layer " * 400_000 + os.urandom(777)
 
 
-def compress(data: bytes, compression: str, level: int | None = None, step: int = 1 << 30) -> tuple[bytes, tuple[str, str, int]]:
+def compress(
+    data: bytes, compression: str, level: int | None = None, step: int = 1 << 30
+) -> tuple[bytes, tuple[str, str, int]]:
     out = io.BytesIO()
     sink = CompressingSink(out, compression, level)
     for i in range(0, len(data), step):

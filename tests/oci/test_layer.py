@@ -62,8 +62,19 @@ def test_round_trip_of_every_entry_type() -> None:
 
     blob, _ = write(fill)
     got = {e.name: (e, data) for e, data in read_all(blob)}
-    assert list(got) == ["d/", "d/suid", "d/sgid", "d/link", "d/abs", "d/null", "d/sda", "d/fifo",
-                         long_dir, weird, "é/ünïcode"]
+    assert list(got) == [
+        "d/",
+        "d/suid",
+        "d/sgid",
+        "d/link",
+        "d/abs",
+        "d/null",
+        "d/sda",
+        "d/fifo",
+        long_dir,
+        weird,
+        "é/ünïcode",
+    ]
     d = got["d/"][0]
     assert (d.type, d.mode, d.uid, d.gid, d.mtime) == (EntryType.DIR, 0o1777, 1, 2, 100)
     suid, data = got["d/suid"]
@@ -71,7 +82,11 @@ def test_round_trip_of_every_entry_type() -> None:
     assert got["d/sgid"][0].mode == 0o2711 and got["d/sgid"][0].xattrs == {"user.k": b"v\x00\xff"}
     assert (got["d/link"][0].type, got["d/link"][0].linkname) == (EntryType.HARDLINK, "d/suid")
     assert got["d/abs"][0].linkname == "/" + "t" * 200
-    assert (got["d/null"][0].type, got["d/null"][0].devmajor, got["d/null"][0].devminor) == (EntryType.CHAR, 1, 3)
+    assert (got["d/null"][0].type, got["d/null"][0].devmajor, got["d/null"][0].devminor) == (
+        EntryType.CHAR,
+        1,
+        3,
+    )
     assert (got["d/sda"][0].type, got["d/sda"][0].devmajor) == (EntryType.BLOCK, 8)
     assert got["d/fifo"][0].type is EntryType.FIFO
     big = got[long_dir][0]
@@ -82,7 +97,9 @@ def test_round_trip_of_every_entry_type() -> None:
 def test_python_tarfile_and_gnu_tar_read_kiln_layers(tmp_path: Path) -> None:
     def fill(w: LayerWriter) -> None:
         w.add_dir("bin", 0o755)
-        w.add_file("bin/" + "p" * 130, io.BytesIO(b"abc"), 3, 0o4755, 7, 8, 5, xattrs={"security.capability": CAP})
+        w.add_file(
+            "bin/" + "p" * 130, io.BytesIO(b"abc"), 3, 0o4755, 7, 8, 5, xattrs={"security.capability": CAP}
+        )
         w.add_symlink("sh", "bin/" + "p" * 130)
 
     blob, _ = write(fill)
@@ -94,7 +111,9 @@ def test_python_tarfile_and_gnu_tar_read_kiln_layers(tmp_path: Path) -> None:
         assert f.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape") == CAP
         assert not any(k in f.pax_headers for k in ("atime", "ctime", "uname", "gname"))
     (tmp_path / "l.tgz").write_bytes(blob)
-    listing = subprocess.run(["tar", "-tvzf", str(tmp_path / "l.tgz")], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        ["tar", "-tvzf", str(tmp_path / "l.tgz")], capture_output=True, text=True, check=True
+    )
     assert "-rwsr-xr-x 7/8" in " ".join(listing.stdout.split())
 
 
@@ -118,7 +137,9 @@ def test_same_tree_same_digest_anywhere(tmp_path: Path, compression: str) -> Non
     epoch = 1_000_000
     one = make_tree(tmp_path / "one", epoch + 10)
     two = make_tree(tmp_path / "two", epoch + 99_999)
-    blobs = [write(partial(LayerWriter.add_tree, root=r), compression, source_date_epoch=epoch) for r in (one, two)]
+    blobs = [
+        write(partial(LayerWriter.add_tree, root=r), compression, source_date_epoch=epoch) for r in (one, two)
+    ]
     assert blobs[0][0] == blobs[1][0]
     assert blobs[0][1].result() == blobs[1][1].result()
     entries = read_all(blobs[0][0])
@@ -128,7 +149,9 @@ def test_same_tree_same_digest_anywhere(tmp_path: Path, compression: str) -> Non
     assert names == ["a", "a-b", "a-b/z-link", "b", "b/deep", "b/deep/f", "b/z", "sym"]
     # hardlink: the first name in path order carries the data
     assert [(e.type, e.linkname) for e, _ in entries if e.name in ("a-b/z-link", "b/z")] == [
-        (EntryType.FILE, ""), (EntryType.HARDLINK, "a-b/z-link")]
+        (EntryType.FILE, ""),
+        (EntryType.HARDLINK, "a-b/z-link"),
+    ]
     # without clamping the mtimes differ, and so do the digests: the check above is not vacuous
     free = [write(partial(LayerWriter.add_tree, root=r), compression)[1].result().digest for r in (one, two)]
     assert free[0] != free[1]
@@ -175,7 +198,9 @@ def test_add_tree_prefix_include_owner_and_sockets(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(root / "sock"))
     try:
-        blob, _ = write(lambda w: w.add_tree(root, "app/", lambda rel: not rel.startswith("b"), owner=(1000, 1001)))
+        blob, _ = write(
+            lambda w: w.add_tree(root, "app/", lambda rel: not rel.startswith("b"), owner=(1000, 1001))
+        )
     finally:
         sock.close()
     entries = read_all(blob)
@@ -274,7 +299,10 @@ def test_reads_gnu_ustar_and_pax_variants() -> None:
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         blob = craft(directory("dir"), reg(long, b"data", uid=9_000_000), fmt=fmt).getvalue()
         got = read_all(blob)
-        assert [(e.name.rstrip("/"), e.uid, d) for e, d in got] == [("dir", 0, b""), (long, 9_000_000, b"data")]
+        assert [(e.name.rstrip("/"), e.uid, d) for e, d in got] == [
+            ("dir", 0, b""),
+            (long, 9_000_000, b"data"),
+        ]
     ustar = "p" * 90 + "/" + "q" * 90  # fits only with the ustar prefix field
     got = read_all(craft(reg(ustar, b"u"), fmt=tarfile.USTAR_FORMAT).getvalue())
     assert [(e.name, d) for e, d in got] == [(ustar, b"u")]

@@ -223,9 +223,6 @@ class _Applier:
         if e.type is EntryType.HARDLINK:
             self._hardlink(e, parent, leaf, path)
             return
-        if e.type in (EntryType.CHAR, EntryType.BLOCK) and not self.real_root:
-            self._skip(path, "device node skipped: creating devices needs real root, not a user namespace")
-            return
         prev = self._clear_leaf(parent, leaf, for_dir=e.type is EntryType.DIR)
         self._mark(path)
         proc_path = f"/proc/self/fd/{parent}/{leaf}"
@@ -279,7 +276,8 @@ class _Applier:
             try:
                 os.mknod(leaf, kind | 0o600, os.makedev(e.devmajor, e.devminor), dir_fd=parent)
             except PermissionError as err:
-                self._skip(path, f"device node skipped: {err.strerror}")
+                # Only real root may (not root of a user namespace, nor without CAP_MKNOD).
+                self._skip(path, f"device node skipped: {err.strerror} (devices need real root)")
                 return
         self._chown(e, None, parent, leaf)
         # We just made this node, so it is no symlink; chmod cannot be told not to follow.

@@ -39,7 +39,9 @@ _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 def check_compression(compression: str) -> str:
     if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown layer compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+        raise UsageError(
+            f"unknown layer compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}"
+        )
     return compression
 
 
