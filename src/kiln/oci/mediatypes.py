@@ -14,6 +14,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
@@ -40,8 +41,7 @@ def is_layer(media_type: str) -> bool:
 def layer_type(fmt: str, compression: str) -> str:
     """The layer media type for an image format ('oci' or 'docker') and a compression."""
     if fmt == "docker":
-        if compression != "gzip":
-            # Docker schema 2 has no zstd or uncompressed layer type that every client accepts.
-            return DOCKER_LAYER_GZIP if compression == "gzip" else OCI_LAYER_ZSTD
-        return DOCKER_LAYER_GZIP
+        # Docker schema 2 has gzip and uncompressed layer types; for zstd the OCI type is what
+        # Docker and buildah write too.
+        return {"gzip": DOCKER_LAYER_GZIP, "none": DOCKER_LAYER, "zstd": OCI_LAYER_ZSTD}[compression]
     return {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}[compression]
