@@ -46,6 +46,9 @@ class Row:
     description: str
     kiln: tuple[Sample, ...]
     peer: tuple[Sample, ...]
+    #: Optional diagnostic: seconds of the same operation through kiln's Python API, timed inside
+    #: the process, i.e. without interpreter start-up, imports and exit.
+    kiln_engine: tuple[float, ...] = ()
 
     @property
     def kiln_best(self) -> Sample:
@@ -54,6 +57,10 @@ class Row:
     @property
     def peer_best(self) -> Sample:
         return min(self.peer, key=lambda s: s.seconds)
+
+    @property
+    def kiln_engine_best(self) -> float | None:
+        return min(self.kiln_engine) if self.kiln_engine else None
 
     @property
     def ratio(self) -> float:
@@ -170,20 +177,24 @@ def compare(
     return Row(case=case, description=description, kiln=tuple(kiln_samples), peer=tuple(peer_samples))
 
 
-def kiln_command(*args: str, store: Path | None = None, pycache: Path | None = None) -> Command:
-    """``.venv/bin/python -m kiln ARGS`` with ``KILN_STORE`` set: the CLI as a user runs it.
-
-    An installed kiln has its bytecode compiled; a shell with PYTHONDONTWRITEBYTECODE would make
-    every run recompile kiln's sources (a quarter of a second here), which no user pays. So that
-    variable is dropped and, with ``pycache``, the bytecode goes to PYTHONPYCACHEPREFIX there
-    instead of into the source tree (a warm-up run fills it).
-    """
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("KILN_") and k != "PYTHONDONTWRITEBYTECODE"
-    }
+def kiln_python(*args: str, store: Path | None = None, pycache: Path | None = None) -> Command:
+    """``.venv/bin/python ARGS`` in the environment kiln is measured in (see :func:`kiln_command`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(pycache)
     if store is not None:
         env["KILN_STORE"] = str(store)
     python = VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)
-    return Command(argv=[str(python), "-m", "kiln", *args], env=env)
+    return Command(argv=[str(python), *args], env=env)
+
+
+def kiln_command(*args: str, store: Path | None = None, pycache: Path | None = None) -> Command:
+    """``.venv/bin/python -m kiln ARGS`` with ``KILN_STORE`` set: the CLI as a user runs it.
+
+    An installed kiln has its bytecode compiled; under PYTHONDONTWRITEBYTECODE (set in some
+    shells and CI) every run would recompile kiln's sources, a quarter of a second no user pays.
+    With ``pycache`` that variable is dropped and bytecode goes to PYTHONPYCACHEPREFIX=pycache,
+    outside the source tree (a warm-up run fills it). Without it the environment is left as is.
+    """
+    return kiln_python("-m", "kiln", *args, store=store, pycache=pycache)

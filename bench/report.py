@@ -71,30 +71,47 @@ def _runs(row: Row, who: str) -> str:
     return " ".join(f"{s.seconds:.3f}" for s in samples)
 
 
+def _has_engine(result: Result) -> bool:
+    return any(row.kiln_engine for row in result.rows)
+
+
 def text_table(result: Result) -> str:
     """A fixed-width table for the terminal."""
     peer = result.peer
-    head = f"{'case':<6} {'kiln s':>8} {peer + ' s':>10} {'kiln/' + peer:>12}   all runs (kiln | {peer})"
+    engine = _has_engine(result)
+    head = f"{'case':<6} {'kiln s':>8} {peer + ' s':>10} {'kiln/' + peer:>12}"
+    head += f" {'engine s':>9}" if engine else ""
+    head += f"   all runs (kiln | {peer})"
     lines = [f"{result.title} — best of {result.runs} runs", head, "-" * len(head)]
     for row in result.rows:
-        lines.append(
-            f"{row.case:<6} {row.kiln_best.seconds:>8.3f} {row.peer_best.seconds:>10.3f} "
-            f"{row.ratio:>11.2f}x   {_runs(row, 'kiln')} | {_runs(row, 'peer')}"
+        line = (
+            f"{row.case:<6} {row.kiln_best.seconds:>8.3f} {row.peer_best.seconds:>10.3f} {row.ratio:>11.2f}x"
         )
+        if engine:
+            best = row.kiln_engine_best
+            line += f" {best:>9.3f}" if best is not None else f" {'-':>9}"
+        lines.append(f"{line}   {_runs(row, 'kiln')} | {_runs(row, 'peer')}")
     return "\n".join(lines)
 
 
 def markdown_table(result: Result) -> str:
     peer = result.peer
-    lines = [
-        f"| case | what | kiln (s) | {peer} (s) | kiln / {peer} | kiln CPU (s) | {peer} CPU (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    engine = _has_engine(result)
+    head = f"| case | what | kiln (s) | {peer} (s) | kiln / {peer} | kiln CPU (s) | {peer} CPU (s) |"
+    rule = "|---|---|---:|---:|---:|---:|---:|"
+    if engine:
+        head += " kiln engine (s) |"
+        rule += "---:|"
+    lines = [head, rule]
     for row in result.rows:
-        lines.append(
+        line = (
             f"| {row.case} | {row.description} | {row.kiln_best.seconds:.2f} | {row.peer_best.seconds:.2f} "
             f"| **{row.ratio:.2f}x** | {row.kiln_best.cpu_seconds:.2f} | {row.peer_best.cpu_seconds:.2f} |"
         )
+        if engine:
+            best = row.kiln_engine_best
+            line += f" {best:.2f} |" if best is not None else " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -120,6 +137,8 @@ def write_csv(result: Result, path: Path, when: datetime) -> None:
                 "peer_median_s",
                 "kiln_runs_s",
                 "peer_runs_s",
+                "kiln_engine_best_s",
+                "kiln_engine_runs_s",
             ]
         )
         for row in result.rows:
@@ -139,13 +158,16 @@ def write_csv(result: Result, path: Path, when: datetime) -> None:
                     f"{median(s.seconds for s in row.peer):.4f}",
                     _runs(row, "kiln"),
                     _runs(row, "peer"),
+                    f"{row.kiln_engine_best:.4f}" if row.kiln_engine_best is not None else "",
+                    " ".join(f"{t:.3f}" for t in row.kiln_engine),
                 ]
             )
     os.replace(tmp, path)
 
 
 def write_chart(result: Result, path: Path, when: datetime) -> None:
-    """Grouped bars (kiln vs the peer, best run) per case, the ratio written above each pair."""
+    """Grouped bars (kiln vs the peer, best run) per case, the ratio written above each pair; kiln's
+    in-process engine time, when measured, as a narrow bar inside kiln's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,10 +176,22 @@ def write_chart(result: Result, path: Path, when: datetime) -> None:
     cases = [row.case for row in result.rows]
     kiln = [row.kiln_best.seconds for row in result.rows]
     peer = [row.peer_best.seconds for row in result.rows]
+    engine = [row.kiln_engine_best or 0.0 for row in result.rows]
     xs = range(len(cases))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(cases) + 1.5), 3.6), dpi=100)
-    ax.bar([x - width / 2 for x in xs], kiln, width, label="kiln", color="#c0504d")
+    ax.bar([x - width / 2 for x in xs], kiln, width, label="kiln (CLI)", color="#c0504d")
+    if _has_engine(result):
+        # Drawn over kiln's bar: the part of kiln's time spent moving the image.
+        ax.bar(
+            [x - width / 2 for x in xs],
+            engine,
+            width * 0.5,
+            label="kiln engine (in-process)",
+            color="#f2b8b6",
+            edgecolor="#c0504d",
+            hatch="//",
+        )
     ax.bar([x + width / 2 for x in xs], peer, width, label=result.peer, color="#4f81bd")
     top = max([*kiln, *peer, 0.001])
     for x, row in zip(xs, result.rows, strict=True):

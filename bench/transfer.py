@@ -16,6 +16,7 @@ Every run is checked: the destination must hold the image under the expected man
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ from bench.harness import (
     Trial,
     compare,
     kiln_command,
+    kiln_python,
     timed,
 )
 from bench.transfer_image import BenchImage, build_image, import_into_store
@@ -267,6 +269,64 @@ def copy_trials(setup: TransferSetup) -> tuple[Trial, Trial]:
     return kiln, skopeo
 
 
+#: The operation through kiln's Python API, timed from inside: what the transfer itself costs.
+ENGINE_SCRIPT = """
+import sys, time
+from pathlib import Path
+from kiln.oci.store import Store
+from kiln.registry.transfer import Reference, copy, pull, push
+op, a, b, store = sys.argv[1:5]
+start = time.perf_counter()
+if op == "push":
+    push(Store(Path(store)), a, Reference.parse(b))
+elif op == "pull":
+    pull(Reference.parse(a), Store(Path(store)))
+else:
+    copy(Reference.parse(a), Reference.parse(b))
+print(time.perf_counter() - start)
+"""
+
+
+def engine_trial(setup: TransferSetup, case: str) -> Trial:
+    """One run of ``case`` through kiln's API; its stdout is the in-process time in seconds."""
+
+    def trial() -> tuple[Command, Callable[[str], None]]:
+        pull_store = setup.scratch / "pull-engine"
+        if case == "push":
+            dest = setup.destinations.fresh("push") + ":v1"
+            (setup.push_store / "kiln" / "blob-sources.json").unlink(missing_ok=True)
+            args, check = ("push", LOCAL_NAME, dest, str(setup.push_store)), _check_remote(dest, setup.image)
+        elif case == "pull":
+            shutil.rmtree(pull_store, ignore_errors=True)
+            args = ("pull", setup.source_ref, "-", str(pull_store))
+
+            def check(_out: str) -> None:
+                name = str(Reference.parse(setup.source_ref))
+                _expect(
+                    f"kiln store {name}", Store(pull_store).resolve(name).digest, setup.image.manifest.digest
+                )
+
+        else:
+            dest = setup.destinations.fresh("copy") + ":v1"
+            args, check = ("copy", setup.source_ref, dest, "-"), _check_remote(dest, setup.image)
+        return kiln_python("-c", ENGINE_SCRIPT, *args, pycache=setup.pycache), check
+
+    return trial
+
+
+def engine_seconds(setup: TransferSetup, case: str, runs: int, *, warmup: bool = True) -> tuple[float, ...]:
+    """In-process times of ``case`` (after a warm-up run), as reported by the engine script."""
+    trial = engine_trial(setup, case)
+    times = []
+    for i in range(runs + 1 if warmup else runs):
+        cmd, check = trial()
+        _, out = timed(cmd)
+        check(out)
+        if i or not warmup:
+            times.append(float(out.strip().splitlines()[-1]))
+    return tuple(times)
+
+
 TRIALS: dict[str, Callable[[TransferSetup], tuple[Trial, Trial]]] = {
     "push": push_trials,
     "pull": pull_trials,
@@ -286,13 +346,22 @@ def measure(
     cases: Sequence[str] = CASES,
     *,
     warmup: bool = True,
+    engine: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Row, ...]:
-    """Time every case ``runs`` times for each tool (after an untimed warm-up run); one Row per case."""
+    """Time every case ``runs`` times for each tool (after an untimed warm-up run); one Row per case.
+
+    With ``engine`` each case is also timed through kiln's API inside one process (Row.kiln_engine).
+    """
     rows = []
     for case in cases:
         kiln, skopeo = TRIALS[case](setup)
-        rows.append(compare(case, DESCRIPTIONS[case], kiln, skopeo, runs, warmup=warmup, log=log))
+        row = compare(case, DESCRIPTIONS[case], kiln, skopeo, runs, warmup=warmup, log=log)
+        if engine:
+            row = dataclasses.replace(row, kiln_engine=engine_seconds(setup, case, runs, warmup=warmup))
+            if log:
+                log(f"  {case:<6} kiln engine (in-process) best {min(row.kiln_engine):7.3f} s")
+        rows.append(row)
     return tuple(rows)
 
 
@@ -345,6 +414,9 @@ def run(config: BenchConfig, *, layers: int = LAYERS, layer_mib: float = LAYER_M
             "push and copy write to a new registry (new data directory) every run: nothing can be skipped "
             "by HEAD or mounted from another repository. pull writes to an empty store / layout every run.",
             "Every run is checked: the destination holds the image under the expected manifest digest.",
+            "kiln engine: the same operation through kiln's Python API, timed inside the process "
+            "(no interpreter start-up, imports or exit), best of the same number of runs: what moving "
+            "the image itself costs kiln.",
             f"Fixed start-up cost inside these times: kiln {kiln_start:.2f} s (`kiln pull --help`), "
             f"skopeo {skopeo_start:.2f} s (`skopeo --version`), best of {config.runs}.",
         ),

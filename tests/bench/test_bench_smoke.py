@@ -53,8 +53,9 @@ def test_transfer_measurements_run_and_every_destination_holds_the_image(
         assert len(row.kiln) == 1 and len(row.peer) == 1
         assert row.kiln_best.seconds > 0 and row.peer_best.seconds > 0
         assert row.ratio == row.kiln_best.seconds / row.peer_best.seconds
-    # push (kiln, skopeo) and copy (kiln, skopeo): four fresh repositories, all holding the image.
-    assert len(destinations.handed_out) == 4
+        assert len(row.kiln_engine) == 1 and row.kiln_engine[0] > 0
+    # push and copy by kiln's CLI, skopeo and kiln's API: six fresh repositories, all holding the image.
+    assert len(destinations.handed_out) == 6
     for ref in destinations.handed_out:
         assert manifest_digest_at(f"{ref}:v1") == tiny_image.manifest.digest
     # kiln's pull left the image in its store under the source reference.
@@ -73,7 +74,8 @@ def test_transfer_measurements_run_and_every_destination_holds_the_image(
     report.write_chart(result, png, when)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = report.text_table(result)
-    assert all(f"\n{case} " in table for case in CASES)
+    assert all(f"\n{case} " in table for case in CASES) and "engine s" in table
+    assert "kiln engine (s)" in report.markdown_table(result)
 
 
 def test_a_check_that_fails_stops_the_benchmark(
