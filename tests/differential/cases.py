@@ -210,7 +210,7 @@ RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/t && ls -a /scratch > /
 RUN --mount=type=cache,id={token}-u,target=/c2,uid=1000,gid=2000,mode=0710 stat -c '%u:%g %a' /c2 > /cache-owner
 RUN --mount=type=bind,source=data,target=/mnt/rw,rw echo changed > /mnt/rw/x.txt && cat /mnt/rw/x.txt > /rw-seen
 RUN --mount=target=/whole-context ls -a /whole-context | sort > /context-listing
-RUN --mount=type=cache,id={token}-s,target=/c3,sharing=locked touch /c3/locked && ls /c3 > /locked-listing
+RUN --mount=type=cache,id={token}-s,target=/c3,sharing=locked touch /c3/locked && test -e /c3/locked && echo ok > /locked-ok
 """,
         {"data": Dir(), "data/x.txt": "from the context\n"},
         expect={"/var/cache/thing/f": None, "/scratch/t": None, "/cache-second": Expect(content="cached\n")},
@@ -395,6 +395,17 @@ RUN touch /tmp/new/file
 USER app
 WORKDIR /home/app/work
 RUN true
+""",
+    ),
+    Case(
+        "workdir-through-symlink",
+        """\
+FROM {base}
+RUN mkdir /opt && ln -s /opt /linkwd && ln -s relative-missing /dangling-wd
+WORKDIR /linkwd/sub
+RUN touch here
+WORKDIR /dangling-wd/x
+RUN touch there
 """,
     ),
     Case(

@@ -52,7 +52,8 @@ def forgive_tree(
         empty = not any(p.startswith(path + "/") for p in out)
         if node is not None and node.type == "dir" and empty and path not in kiln:
             del out[path]
-            notes.append(f"{path}: empty directory buildah left from a RUN mount")
+            why = "buildah RUN plumbing" if path in BUILDAH_MOUNT_POINT_DIRS else "parent of a RUN --mount target"
+            notes.append(f"{path}: empty directory only buildah leaves ({why})")
     return out, notes
 
 

@@ -4,6 +4,7 @@ same run and must give the same file trees and the same config fields (see docs/
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import Future
 
 import pytest
@@ -31,6 +32,7 @@ def test_same_image_as_buildah(diff_env: DiffEnv, prebuilt: dict[str, Future[Pai
         needle = fill(secret, diff_env.values).encode()
         for out, image, who in ((pair.buildah_out, pair.buildah, "buildah"), (pair.kiln_out, pair.kiln, "kiln")):
             assert not any(needle in blob for blob in layer_blobs(out, image)), f"{who}: secret found in a layer"
+            assert needle not in json.dumps(image.config).encode(), f"{who}: secret found in the config"
 
 
 def test_onbuild_triggers(diff_env: DiffEnv) -> None:
