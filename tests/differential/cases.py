@@ -12,6 +12,7 @@ spells the same build in syntax buildah knows, so the whole trees are still comp
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +68,14 @@ class Case:
 
 
 DIRS_0755 = {"d": Dir(), "d/sub": Dir()}
+BIG = random.Random(7).randbytes(1 << 20)
 
 # Deliberate deviations (docs/differential.md): kiln follows BuildKit where buildah 1.28 differs.
 SHELL_WHY = "SHELL applies to shell-form CMD and ENTRYPOINT too (Docker, BuildKit); buildah 1.28 uses /bin/sh -c"
-SETID_WHY = "COPY keeps setuid/setgid bits (Docker, BuildKit); buildah 1.28 strips them (not the sticky bit)"
+SETID_WHY = (
+    "COPY from the context keeps setuid/setgid bits (Docker, BuildKit); buildah 1.28 strips them "
+    "there (not the sticky bit, and not in COPY --from)"
+)
 WORKDIR_WHY = (
     "WORKDIR creates its directory, owned by USER (BuildKit); buildah 1.28 creates it only when a "
     "later RUN needs it (then also owned by USER)"
@@ -804,6 +809,42 @@ RUN echo "three:$G:$S1" > /three
                 Expect(content="two:::\n"), Expect(content="two::cli:\n"),
             ),
         },
+    ),
+]
+
+CASES += [
+    Case(
+        "names-and-sizes",
+        """\
+FROM {base}
+COPY . /n/
+RUN mkdir -p /r/$(printf 'a%.0s' $(seq 1 120)) && ln -s $(printf 'b%.0s' $(seq 1 150)) /r/long-target \
+ && touch "/r/$(printf 'c%.0s' $(seq 1 99))" "/r/$(printf 'd%.0s' $(seq 1 100))" "/r/$(printf 'e%.0s' $(seq 1 101))"
+""",
+        {
+            "long/" + "n" * 150 + ".txt": "long name\n",
+            "deep/" + "/".join(f"d{i:02d}-" + "x" * 20 for i in range(10)) + "/f": "deep\n",
+            "unicode/\u00e9\u65e5\u672c.txt": "utf-8 name\n",
+            "odd/with space #hash \\back.txt": "odd\n",
+            "empty-file": "",
+            "empty-dir": Dir(),
+            "locked/secret": File("unreadable to others\n", 0o000),
+            "locked-dir": Dir(0o000), "locked-dir/inside": "inside a 000 directory\n",
+            "big.bin": BIG,
+            "longlink": Symlink("t" * 200),
+        },
+    ),
+    Case(
+        "copy-from-stage-special",
+        """\
+FROM {base} AS build
+RUN mkdir -p /out/sub && echo data > /out/h1 && ln /out/h1 /out/sub/h2 && cp /bin/busybox /out/tool \
+ && chmod 4755 /out/tool && chmod 2770 /out/sub && chown 1000:2000 /out/sub && ln -s ../h1 /out/sub/rel
+FROM {base}
+COPY --from=build /out /copied
+COPY --from=build --chown=app:devs /out/sub /owned-sub
+COPY --from=build /out/sub/rel /followed
+""",
     ),
 ]
 
