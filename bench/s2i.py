@@ -20,6 +20,7 @@ incremental / clean is the point; ``python bench/run.py s2i`` prints it.
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,11 @@ def _chown(rootless: Rootless, path: Path) -> None:
 def prepare(rootless: Rootless, workdir: Path, deps: int, server: DepsServer) -> Setup:
     home = builder_dir(rootless, workdir / "s2i")
     pycache = builder_dir(rootless, home / "pycache")
-    env = {"KILN_STORE": str(home / "store"), "PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
+    env = {
+        "KILN_STORE": str(home / "store"),
+        "PYTHONDONTWRITEBYTECODE": "",
+        "PYTHONPYCACHEPREFIX": str(pycache),
+    }
     builder_ctx = home / "builder"
     (builder_ctx / "s2i").mkdir(parents=True)
     (builder_ctx / "Dockerfile").write_text(BUILDER_DOCKERFILE)
@@ -143,7 +148,9 @@ def prepare(rootless: Rootless, workdir: Path, deps: int, server: DepsServer) ->
     _chown(rootless, home)
     setup = Setup(rootless, home, app, deps, server, env)
     cmd = setup.kiln("build", "--progress", "quiet", "-t", BUILDER, str(builder_ctx))
-    done = subprocess.run(list(cmd.argv), env=dict(cmd.env or {}), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        list(cmd.argv), env=dict(cmd.env or {}), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise BenchError(f"building the S2I builder image failed:\n{done.stderr[-2000:]}")
     return setup
@@ -177,8 +184,10 @@ def _build_trial(setup: Setup, *, incremental: bool) -> Trial:
 def run(config: BenchConfig) -> Result:
     deps, delay = (QUICK_DEPS, QUICK_DELAY) if config.quick else (DEPS, DELAY)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if config.verbose else None
-    base = config.workdir / "rootless"
-    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.workdir, 0o711)  # builder must reach the code copy below it
+    base = config.workdir / "s2i-rootless"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
     rootless = Rootless(base)
     with DepsServer(delay) as server:
         setup = prepare(rootless, config.workdir, deps, server)
@@ -215,4 +224,6 @@ def run(config: BenchConfig) -> Result:
     )
 
 
-BENCHMARK = Benchmark(name="s2i", title="S2I incremental builds", peer="kiln s2i without --incremental", run=run)
+BENCHMARK = Benchmark(
+    name="s2i", title="S2I incremental builds", peer="kiln s2i without --incremental", run=run
+)

@@ -6,8 +6,8 @@
    deb.debian.org; about 3.5 minutes here) and pack it as base/rootfs.tar;
 2. build the base and the S2I builder with kiln, rootless, as the user ``builder``;
 3. ``kiln s2i build`` the app (assemble pip-installs requirements.txt from PyPI) and run it;
-4. edit the app and build it again with ``--incremental``: pip's cache comes back through
-   save-artifacts, so nothing is downloaded twice.
+4. edit the app and build it again with ``--incremental``: the downloaded wheels come back
+   through save-artifacts, so nothing is downloaded twice.
 
 Runs as root (debootstrap needs it); every kiln command runs as ``builder``. debootstrap is
 used from the system, or unpacked from Debian's package into a temporary directory
@@ -102,7 +102,7 @@ def main() -> int:
             tls = ["--inject", f"{bundle}:/run/kiln-ca", "-e", f"PIP_CERT=/run/kiln-ca/{Path(bundle).name}"]
         kiln("s2i", "build", "--progress", "plain", "--incremental", *tls, str(work / "example/app"), BUILDER, APP)
         out = kiln("run", APP)
-        step("edit the app, build again with --incremental: pip's cache comes back")
+        step("edit the app, build again with --incremental: the wheels come back")
         app = work / "example/app/app.py"
         app.write_text(app.read_text().replace('"none"', '"none at all"'))
         kiln("s2i", "build", "--progress", "plain", "--incremental", *tls, str(work / "example/app"), BUILDER, APP)
