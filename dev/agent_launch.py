@@ -118,14 +118,20 @@ def _python(user: str, agent_dir: Path, env: dict[str, str]) -> tuple[str, str]:
     def skip(directory: str, names: list[str]) -> list[str]:
         return [n for n in names if n == "__pycache__" or n.startswith("__editable__") or n.endswith(".pth")]
 
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)  # shares the inode: modes below are only ever widened (read bits)
+        except OSError:
+            shutil.copy2(src, dst)
+
     shutil.copytree(REPO / "dev", code / "dev", ignore=skip)
     shutil.copytree(REPO / "src" / "kiln", code / "kiln", ignore=skip)
-    shutil.copytree(_site_packages(), code / "site-packages", ignore=skip)
+    shutil.copytree(_site_packages(), code / "site-packages", ignore=skip, copy_function=link_or_copy, symlinks=True)
     for root, _dirs, files in os.walk(code):
         os.chmod(root, 0o755)
         for name in files:
             p = os.path.join(root, name)
-            if not os.path.islink(p):
+            if not os.path.islink(p) and os.stat(p).st_mode & 0o444 != 0o444:
                 os.chmod(p, os.stat(p).st_mode | 0o444)
     path = f"{code}:{code / 'site-packages'}"
     if not _as_user(user, [SYSTEM_PYTHON, "-c", probe], dict(env, PYTHONPATH=path)):

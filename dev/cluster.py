@@ -286,6 +286,9 @@ def apiserver_argv(binary: Path, pki: Pki, etcd_url: str, port: int, state: Path
         f"--kubelet-certificate-authority={pki.ca.cert}",
         f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
         f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+        # The API server refuses to publish a loopback address in the `kubernetes` Endpoints;
+        # nothing here routes Service IPs anyway (pods get KUBERNETES_SERVICE_HOST=127.0.0.1).
+        "--endpoint-reconciler-type=none",
         "--profiling=false",
         "--v=1",
     ]
@@ -310,21 +313,28 @@ def controller_manager_argv(binary: Path, pki: Pki, kubeconfig: Path) -> list[st
 
 
 def build_builder_image(info: ClusterInfo, tag: str = "kiln/builder:dev") -> str | None:
-    """Build deploy/builder/Dockerfile with kiln itself and push it to the cluster's registry.
+    """Build the kiln builder image with kiln itself and push it to the cluster's registry.
 
-    Returns the pushed reference, or None (with a message) while the Dockerfile does not exist.
+    Uses deploy/builder/build.py when it exists (it also makes the Debian base without Docker
+    Hub), else ``kiln build -f deploy/builder/Dockerfile``. Returns the pushed reference, or None
+    (with a message) while there is no Dockerfile yet.
     """
     dockerfile = REPO / "deploy" / "builder" / "Dockerfile"
+    script = REPO / "deploy" / "builder" / "build.py"
     if not dockerfile.exists():
         say(f"builder image: skipped, {dockerfile.relative_to(REPO)} does not exist yet")
         return None
     ref = f"{info.registry}/{tag}"
     store = Path(info.state_dir) / "builder-store"
-    say(f"builder image: kiln build -f {dockerfile.relative_to(REPO)} -t {ref} --push")
-    started = time.monotonic()
     env = dict(os.environ, KILN_STORE=str(store))
-    done = subprocess.run([sys.executable, "-m", "kiln", "build", "-f", str(dockerfile), "-t", ref, "--push",
-                           "--progress", "plain", str(REPO)], env=env, cwd=REPO, check=False)
+    if script.exists():
+        argv = [sys.executable, str(script), ref, "--store", str(store)]
+    else:
+        argv = [sys.executable, "-m", "kiln", "build", "-f", str(dockerfile), "-t", ref, "--push",
+                "--progress", "plain", str(REPO)]
+    say(f"builder image: {' '.join(Path(a).name if a == sys.executable else a for a in argv)}")
+    started = time.monotonic()
+    done = subprocess.run(argv, env=env, cwd=REPO, check=False, stdout=sys.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"building the builder image failed (exit {done.returncode})")
     (Path(info.state_dir) / "builder-image").write_text(ref + "\n")
@@ -345,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "up":
             info = cluster.up()
             if not args.no_builder_image:
-                build_builder_image(info)
+                try:
+                    build_builder_image(info)
+                except RuntimeError as e:
+                    say(f"{e}; the cluster is up, retry with: python -m dev.cluster builder-image")
         elif args.command == "builder-image":
             if not cluster.is_up():
                 say("the cluster is not running: make cluster-up")

@@ -34,6 +34,8 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.16"
 GO = os.environ.get("KILN_GO", "/usr/local/go/bin/go")
 BUILD_FLAGS = ["-trimpath", "-ldflags=-s -w"]
+# Bumped when the way binaries are built changes, so caches made the old way are rebuilt.
+RECIPE = "2"
 
 
 class TestbinUnavailable(RuntimeError):
@@ -70,6 +72,18 @@ def staging_modules(gomod_text: str) -> list[str]:
     """Module paths that kubernetes' go.mod replaces with a directory under ./staging/."""
     found = re.findall(r"^\s*(?:replace\s+)?(k8s\.io/[\w.\-/]+)\s*=>\s*\./staging/", gomod_text, re.M)
     return sorted(set(found))
+
+
+def version_ldflags(version: str) -> str:
+    """What hack/lib/version.sh stamps, so /version and the components report the real version."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamps = {"gitVersion": version, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean",
+              "buildDate": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return " ".join(
+        f"-X {pkg}.{key}={value}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for key, value in stamps.items()
+    )
 
 
 def _go_env(work: Path) -> dict[str, str]:
@@ -135,12 +149,22 @@ def _install(built: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _fresh(*paths: Path) -> bool:
+    """All ``paths`` exist and were built with the current RECIPE."""
+    marker = paths[0].parent / ".recipe"
+    return all(p.exists() for p in paths) and marker.exists() and marker.read_text().strip() == RECIPE
+
+
+def _mark(directory: Path) -> None:
+    (directory / ".recipe").write_text(RECIPE + "\n")
+
+
 def build_etcd(version: str = ETCD_VERSION) -> Path:
     dest = cache_root() / version / "etcd"
-    if dest.exists():
+    if _fresh(dest):
         return dest
     with _locked(cache_root()):
-        if dest.exists():
+        if _fresh(dest):
             return dest
         with tempfile.TemporaryDirectory(prefix="kiln-testbin-etcd-") as tmp:
             work = Path(tmp)
@@ -149,16 +173,17 @@ def build_etcd(version: str = ETCD_VERSION) -> Path:
             _run_go(["build", *BUILD_FLAGS, "-o", str(work / "etcd"), "go.etcd.io/etcd/server/v3"],
                     work, "etcd build")
             _install(work / "etcd", dest)
+            _mark(dest.parent)
     return dest
 
 
 def build_kubernetes(version: str = KUBERNETES_VERSION) -> tuple[Path, Path]:
     root = cache_root() / version
     apiserver, kcm = root / "kube-apiserver", root / "kube-controller-manager"
-    if apiserver.exists() and kcm.exists():
+    if _fresh(apiserver, kcm):
         return apiserver, kcm
     with _locked(cache_root()):
-        if apiserver.exists() and kcm.exists():
+        if _fresh(apiserver, kcm):
             return apiserver, kcm
         with tempfile.TemporaryDirectory(prefix="kiln-testbin-k8s-") as tmp:
             work = Path(tmp)
@@ -177,11 +202,12 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> tuple[Path, Path]:
             out = work / "bin"
             out.mkdir()
             _say(f"building kube-apiserver and kube-controller-manager {version} (takes minutes the first time)")
-            _run_go(["build", *BUILD_FLAGS, "-o", str(out) + "/",
+            _run_go(["build", "-trimpath", f"-ldflags=-s -w {version_ldflags(version)}", "-o", str(out) + "/",
                      "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager"],
                     work, "kubernetes build")
             _install(out / "kube-apiserver", apiserver)
             _install(out / "kube-controller-manager", kcm)
+            _mark(root)
     return apiserver, kcm
 
 
@@ -202,7 +228,7 @@ def cached_binaries() -> Binaries | None:
         kube_apiserver=cache_root() / KUBERNETES_VERSION / "kube-apiserver",
         kube_controller_manager=cache_root() / KUBERNETES_VERSION / "kube-controller-manager",
     )
-    return b if all(p.exists() for p in (b.etcd, b.kube_apiserver, b.kube_controller_manager)) else None
+    return b if _fresh(b.etcd) and _fresh(b.kube_apiserver, b.kube_controller_manager) else None
 
 
 if __name__ == "__main__":

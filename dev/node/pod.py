@@ -189,7 +189,7 @@ class PodRunner:
                 raise
             with self.lock:
                 if c.reason in ("ErrImagePull", "ImagePullBackOff"):
-                    c.waiting("ContainerCreating" if not c.init or c is self.init[0] else "PodInitializing")
+                    c.waiting("PodInitializing" if self.init and not c.init else "ContainerCreating")
         return True
 
     def _mark_pull_backoff(self) -> None:

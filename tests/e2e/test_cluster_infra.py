@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-
 from dev import testbin
 from dev.kubeapi import ApiError, KubeApi
+
 from tests.e2e.cluster_fixtures import (
     Cluster,
     busybox_pod,
@@ -279,7 +280,7 @@ def test_rbac_is_enforced_for_service_accounts(cluster: Cluster, kube_api: KubeA
     })["status"]["token"]
     headers = {"Authorization": f"Bearer {token}"}
     url = f"{cluster.server}/api/v1/namespaces/{namespace}/pods"
-    with httpx.Client(verify=str(cluster.ca_file), headers=headers) as http:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(cluster.ca_file)), headers=headers) as http:
         assert http.get(url).status_code == 403
         kube_api.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
@@ -315,6 +316,7 @@ def test_projected_service_account_token(cluster: Cluster, kube_api: KubeApi, na
         volumes=[{"name": "tok", "projected": {"sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": 600}},
         ]}}],
+        serviceAccountName="default",  # the ServiceAccount admission plugin that would set it is off
     )
     create_pod(kube_api, namespace, pod)
     assert wait_for_pod(kube_api, namespace, "token")["status"]["phase"] == "Succeeded"
@@ -333,3 +335,60 @@ def test_session_state_is_under_the_state_dir(cluster: Cluster) -> None:
         pid = int((cluster.state_dir / "pids" / f"{name}.pid").read_text().split()[0])
         assert os.path.exists(f"/proc/{pid}"), name
     assert (cluster.state_dir / "registry").read_text().strip() == cluster.registry
+
+
+# ---- pure parts, no cluster needed --------------------------------------------------------------
+def test_staging_modules_are_read_from_the_published_go_mod() -> None:
+    gomod = """module k8s.io/kubernetes
+
+require (
+\tk8s.io/api v0.0.0
+\tk8s.io/klog/v2 v2.130.1
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go
+)
+
+replace k8s.io/kms => ./staging/src/k8s.io/kms
+"""
+    assert testbin.staging_modules(gomod) == ["k8s.io/api", "k8s.io/client-go", "k8s.io/kms"]
+    assert testbin.staging_version("v1.37.2") == "v0.37.2"
+
+
+def test_kubernetes_command_args_and_variable_expansion() -> None:
+    from dev.node.podspec import command_and_args, expand, user_spec
+
+    env = {"NAME": "kiln", "EMPTY": ""}
+    assert expand("$(NAME)-$(EMPTY)-$(MISSING)-$$(NAME)-$$", env) == "kiln--$(MISSING)-$(NAME)-$"
+    assert command_and_args({"command": ["sh", "-c"], "args": ["echo $(NAME)"]}, env) == (["sh", "-c"], ["echo kiln"])
+    assert command_and_args({"args": ["x"]}, env) == (None, ["x"])
+    assert command_and_args({"command": ["run"]}, env) == (["run"], [])
+    assert user_spec("app:staff", None, None) == "app:staff"
+    assert user_spec("app:staff", 1000, None) == "1000"
+    assert user_spec("app", None, 5) == "app:5"
+    assert user_spec("", 7, 8) == "7:8"
+
+
+def test_log_rendering_follows_the_kubelet_options() -> None:
+    import datetime as dt
+
+    from dev.node.kubelet_server import render
+
+    records = [
+        b"2026-01-01T00:00:01.000000Z stdout F one\n",
+        b"2026-01-01T00:00:02.000000Z stdout P par\n",
+        b"2026-01-01T00:00:03.000000Z stdout F tial\n",
+        b"2026-01-01T00:00:04.000000Z stdout F four\n",
+    ]
+
+    def out(**kw: object) -> bytes:
+        opts: dict[str, object] = {"timestamps": False, "since": None, "tail": None, "limit": None, **kw}
+        return b"".join(render(iter(records), **opts))  # type: ignore[arg-type]
+
+    assert out() == b"one\npartial\nfour\n"
+    assert out(tail=1) == b"four\n"
+    assert out(limit=6) == b"one\npa"
+    assert out(since=dt.datetime(2026, 1, 1, 0, 0, 3, tzinfo=dt.UTC)) == b"tial\nfour\n"
+    assert out(tail=1, timestamps=True) == b"2026-01-01T00:00:04.000000Z four\n"
