@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Final, cast
 
 import zstandard
@@ -35,6 +37,9 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 #: gzip member header: deflate, no flags, mtime 0, no extra flags, OS 255 ("unknown").
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: Compressed chunks handed to the writer thread and not yet written: bounds the memory the
+#: pipeline holds to about this many blocks.
+_MAX_QUEUED: Final = 4
 
 
 def check_compression(compression: str) -> str:
@@ -79,7 +84,15 @@ class CompressingSink:
     """A write-only stream that compresses into `out` and hashes both sides on the way.
 
     Small writes (tar headers) are gathered into blocks so the compressor and hashes see
-    large buffers; large writes pass straight through. Memory stays at about one block.
+    large buffers; large writes pass straight through.
+
+    Two threads share the work: the caller's thread hashes the uncompressed bytes and
+    compresses them, a writer thread (one per sink, so chunks keep their order) hashes the
+    compressed bytes and writes them to `out` (whose own work, such as the store's digest
+    check, runs there too). hashlib and ISA-L release the GIL on large buffers, so on two cores
+    a layer is written in about the time of its slower half. At most `_MAX_QUEUED` compressed
+    chunks wait for the writer, so memory stays at a few blocks. `out` is written only from
+    the writer thread, and never after `finish` or `abort` returns.
     """
 
     def __init__(self, out: BinaryIO, compression: str = GZIP, level: int | None = None) -> None:
@@ -95,6 +108,9 @@ class CompressingSink:
         self._closed = False
         self._deflate: isal_zlib.Compress | None = None
         self._zstd: zstandard.ZstdCompressionObj | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: deque[Future[None]] = deque()
+        self._write_failed = False
         if compression == GZIP:
             assert self.level is not None
             self._deflate = isal_zlib.compressobj(self.level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
@@ -128,21 +144,44 @@ class CompressingSink:
     def finish(self) -> tuple[Digest, Digest, int]:
         """Flush everything; returns (diff_id, digest, compressed size)."""
         if not self._closed:
-            self._drain()
-            if self._deflate is not None:
-                self._emit(self._deflate.flush(isal_zlib.Z_FINISH))
-                self._emit(struct.pack("<II", self._crc, self.uncompressed_size & 0xFFFFFFFF))
-            elif self._zstd is not None:
-                self._emit(self._zstd.flush())
+            self._closed = True
+            try:
+                self._drain()
+                if self._deflate is not None:
+                    self._emit(self._deflate.flush(isal_zlib.Z_FINISH))
+                    self._emit(struct.pack("<II", self._crc, self.uncompressed_size & 0xFFFFFFFF))
+                elif self._zstd is not None:
+                    self._emit(self._zstd.flush())
+                self._settle()
+            except BaseException:
+                self.abort()
+                raise
+            self._stop_writer()
             flush = getattr(self._out, "flush", None)
             if flush is not None:
                 flush()
-            self._closed = True
         return (
             Digest("sha256:" + self._diff.hexdigest()),
             Digest("sha256:" + self._blob.hexdigest()),
             self.size,
         )
+
+    def abort(self) -> None:
+        """Give up on the stream: wait for the writer thread (its errors are moot now) and stop it."""
+        self._closed = True
+        while self._queued:
+            self._queued.popleft().exception()  # waits; the error itself no longer matters
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def _settle(self) -> None:
+        """Wait until every queued chunk is written; raise the writer thread's first error."""
+        while self._queued:
+            self._queued.popleft().result()
 
     def _drain(self) -> None:
         if self._pending:
@@ -161,8 +200,27 @@ class CompressingSink:
             self._emit(data)
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue a chunk for the writer thread (a copy unless it is immutable bytes already)."""
         if not data:
             return
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-layer-writer")
+        self._queued.append(self._writer.submit(self._write_out, chunk))
+        while len(self._queued) > _MAX_QUEUED:
+            self._queued.popleft().result()
+
+    def _write_out(self, data: bytes) -> None:
+        """On the writer thread, in the order chunks were queued."""
+        if self._write_failed:
+            return  # an earlier chunk failed: the stream is broken, the caller hears of it once
+        try:
+            self._write_all(data)
+        except BaseException:
+            self._write_failed = True
+            raise
+
+    def _write_all(self, data: bytes) -> None:
         self._blob.update(data)
         self.size += len(data)
         view = memoryview(data)

@@ -133,6 +133,7 @@ class LayerWriter:
             self.close()
         else:
             self._broken = True
+            self._sink.abort()  # nothing reaches `out` once the layer is given up
 
     # -- low level -----------------------------------------------------------------------
 
@@ -348,6 +349,7 @@ class LayerWriter:
         """End the archive and the compressed stream; returns the layer's descriptor facts."""
         if self._info is None:
             if self._broken:
+                self._sink.abort()
                 raise LayerError("layer writer: cannot finish a layer after a failed entry")
             self._sink.write(END_OF_ARCHIVE)
             diff_id, digest, size = self._sink.finish()
