@@ -24,6 +24,7 @@ import gzip
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import uuid
@@ -169,7 +170,9 @@ def _push_trial(setup: Setup, tool: Tool) -> Trial:
     return trial
 
 
-def measure_memory(setup: Setup, tool: Tool, runs: int, log: Callable[[str], None] | None) -> list[MemorySample]:
+def measure_memory(
+    setup: Setup, tool: Tool, runs: int, log: Callable[[str], None] | None
+) -> list[MemorySample]:
     """Cold builds of the 1 GiB context with the process tree polled (not through harness.timed)."""
     samples = []
     for i in range(runs):
@@ -204,7 +207,9 @@ def measure_case(
             check(out)
             samples[name].append(sample)
             if log is not None:
-                log(f"  {case:<9} run {i + 1}/{runs} {name:<8} {sample.seconds:7.3f} s (cpu {sample.cpu_seconds:.2f} s)")
+                log(
+                    f"  {case:<9} run {i + 1}/{runs} {name:<8} {sample.seconds:7.3f} s (cpu {sample.cpu_seconds:.2f} s)"
+                )
     return {name: tuple(got) for name, got in samples.items()}
 
 
@@ -227,10 +232,34 @@ def measure(
 
 
 def rows_against(times: dict[str, dict[str, tuple[Sample, ...]]], peer: str) -> tuple[Row, ...]:
-    return tuple(Row(case, DESCRIPTIONS[case], by_tool["kiln"], by_tool[peer]) for case, by_tool in times.items())
+    return tuple(
+        Row(case, DESCRIPTIONS[case], by_tool["kiln"], by_tool[peer]) for case, by_tool in times.items()
+    )
 
 
 # -- the benchmark ---------------------------------------------------------------------------
+
+
+def freeze_code(rootless: Rootless) -> None:
+    """Replace the hard-linked copy of src/kiln that Rootless makes with a real one: a source
+    file edited in place during a long run must not change the kiln being measured."""
+    dest = rootless.code / "kiln"
+    shutil.rmtree(dest)
+    shutil.copytree(REPO_ROOT / "src" / "kiln", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    for root, _dirs, files in os.walk(dest):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+
+
+def kiln_revision() -> str:
+    """The commit measured, with "+changes" when src/kiln differs from it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "src/kiln") else "")
 
 
 def _others(host: str, work: Path, rootless: Rootless, log: Callable[[str], None] | None) -> list[Tool]:
@@ -238,11 +267,15 @@ def _others(host: str, work: Path, rootless: Rootless, log: Callable[[str], None
     if buildkit_available():
         others.append(BuildkitTool(rootless, work / "buildkit", http_hosts=[host]))
     elif log:
-        log(f"build: BuildKit not found in {PEERS_BIN} (python bench/build_peers.py install): kiln vs buildah only")
+        log(
+            f"build: BuildKit not found in {PEERS_BIN} (python bench/build_peers.py install): kiln vs buildah only"
+        )
     return others
 
 
-def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = True, warmup: bool = True) -> Result:
+def run(
+    config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = True, warmup: bool = True
+) -> Result:
     """``extras_dir``: where build_peers.csv/.png and build_memory.csv go (default bench/results/,
     none with --quick). ``peers``: also measure BuildKit when it is installed. ``warmup``: an
     untimed run of each tool before each case's timed runs."""
@@ -253,12 +286,14 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
         extras_dir = RESULTS_DIR
     log = _log if config.verbose else None
     load_before = os.getloadavg()[0]
+    revision = kiln_revision()
     # builder must reach its directories under the harness's scratch directory.
     os.chmod(config.workdir, 0o711)
     work = config.workdir / "build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o755)
     rootless = Rootless(work)
+    freeze_code(rootless)
     owner = (rootless.uid, rootless.gid)
     destinations = FreshRegistries(work / "registries")
     (work / "registries").mkdir()
@@ -269,11 +304,24 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
             base_ref = f"{registry.host}/{BASE_REPO}"
             data = rootless.builder_tmpdir("contexts-")
             if log:
-                log(f"build: writing a context of {files} files in {dirs} dirs + {big / MIB:g} MiB, and one of {huge / MIB:g} MiB")
-            context = write_context(data / "ctx", dockerfile_text(base_ref), n_files=files, n_dirs=dirs, big_bytes=big, owner=owner)
+                log(
+                    f"build: writing a context of {files} files in {dirs} dirs + {big / MIB:g} MiB, and one of {huge / MIB:g} MiB"
+                )
+            context = write_context(
+                data / "ctx",
+                dockerfile_text(base_ref),
+                n_files=files,
+                n_dirs=dirs,
+                big_bytes=big,
+                owner=owner,
+            )
             huge_ctx = write_context(
-                data / "huge", dockerfile_text(base_ref, run=None, dest="/data/"),
-                n_files=0, n_dirs=1, big_bytes=huge, owner=owner,
+                data / "huge",
+                dockerfile_text(base_ref, run=None, dest="/data/"),
+                n_files=0,
+                n_dirs=1,
+                big_bytes=huge,
+                owner=owner,
             )
             setup = Setup(
                 rootless=rootless,
@@ -303,8 +351,12 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
         "Every builder runs rootless as the unprivileged user `builder`: kiln via `python3 -m kiln build "
         "--progress quiet` (bytecode cached, as installed); buildah via `buildah bud --layers "
         "--isolation chroot --storage-driver vfs` with builder-owned --root/--runroot/HOME/XDG_RUNTIME_DIR"
-        + ("; BuildKit via `buildctl-daemonless.sh` (rootlesskit + buildkitd --rootless, started and "
-           "stopped in every run)" if setup.others else "")
+        + (
+            "; BuildKit via `buildctl-daemonless.sh` (rootlesskit + buildkitd --rootless, started and "
+            "stopped in every run)"
+            if setup.others
+            else ""
+        )
         + ".",
         "cold = empty store / storage each run, base image pulled; unchanged = same build again (checked: "
         "same digest / image id); changed = one small file edited before each run (checked: new image).",
@@ -312,8 +364,11 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
         "cross-repo mounted (kiln's blob-sources.json and buildah's blob info cache are cleared; on one "
         "shared registry both would mount earlier runs' blobs). kiln uploads the gzip blobs it wrote "
         "while building; buildah gzips its uncompressed vfs layers during the push"
-        + ("; BuildKit has no push command, so its push is the cached build again exporting with push=true"
-           if setup.others else "")
+        + (
+            "; BuildKit has no push command, so its push is the cached build again exporting with push=true"
+            if setup.others
+            else ""
+        )
         + ".",
         f"1gib = cold build of `COPY big.bin` ({huge / MIB:g} MiB random) with the process tree's memory polled "
         "every 10 ms (VmRSS summed over the tree; VmHWM per process).",
@@ -324,7 +379,10 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
         KANIKO_NOTE,
     ]
     if setup.others:
-        notes.append("All builders, best run each (s), and kiln's ratio to each:\n\n" + peers_markdown(times, indent="  "))
+        notes.append(
+            "All builders, best run each (s), and kiln's ratio to each:\n\n"
+            + peers_markdown(times, indent="  ")
+        )
     return Result(
         name="build",
         title="Build cache and speed",
@@ -332,7 +390,7 @@ def run(config: BenchConfig, *, extras_dir: Path | None = None, peers: bool = Tr
         rows=rows,
         runs=config.runs,
         notes=tuple(notes),
-        facts={**versions, "registry": registry_version()},
+        facts={"kiln": revision, **versions, "registry": registry_version()},
     )
 
 
