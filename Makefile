@@ -4,10 +4,10 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := docker-registry skopeo umoci runc uidmap busybox-static apache2-utils bubblewrap \
-                buildah podman python3-venv python3-dev git
+                buildah podman python3-venv python3-dev git debootstrap
 BUILDER_USER := builder
 
-.PHONY: setup venv system-packages builder-user test lint typecheck pytest demo bench clean
+.PHONY: setup venv system-packages builder-user test lint typecheck pytest demo demo-python bench clean
 
 setup: system-packages builder-user venv
 
@@ -50,6 +50,10 @@ test: setup
 
 demo: setup
 	$(BIN)/python examples/demo.py
+
+# Opt-in: the Python S2I builder's Debian base comes from debootstrap (about 3-4 minutes).
+demo-python: setup
+	$(BIN)/python examples/s2i-python/demo_python.py
 
 bench: setup
 	$(BIN)/python bench/run.py
