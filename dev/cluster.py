@@ -194,9 +194,11 @@ class DevCluster:
             port = procs.free_port()
             server = f"https://127.0.0.1:{port}"
             self._spawn("kube-apiserver", apiserver_argv(binary, pki, etcd_url, port, self.state))
+            started = time.monotonic()
             try:
                 procs.wait_until(lambda server=server: _readyz(server, pki), 120, "kube-apiserver",  # type: ignore[misc]
                                  pid_file=self.pid_file("kube-apiserver"), log_file=self.log_file("kube-apiserver"))
+                say(f"kube-apiserver ready ({time.monotonic() - started:.1f}s)")
                 return server
             except RuntimeError as e:
                 last = e
@@ -215,6 +217,7 @@ class DevCluster:
         return launch.agent_dir
 
     def _wait_ready(self, info: ClusterInfo) -> None:
+        started = time.monotonic()
         with KubeApi(Path(info.kubeconfig)) as api:
             # kube-controller-manager works once it has made the default ServiceAccount and the
             # root CA ConfigMap; the node agent once its Node is Ready.
@@ -222,8 +225,10 @@ class DevCluster:
                              and api.get_or_none("/api/v1/namespaces/default/configmaps/kube-root-ca.crt") is not None,
                              120, "kube-controller-manager", pid_file=self.pid_file("kube-controller-manager"),
                              log_file=self.log_file("kube-controller-manager"))
+            say(f"kube-controller-manager ready ({time.monotonic() - started:.1f}s)")
             procs.wait_until(lambda: _node_ready(api, info.node_name), 120, "node agent",
                              pid_file=self.pid_file("node-agent"), log_file=self.log_file("node-agent"))
+            say(f"node {info.node_name} ready ({time.monotonic() - started:.1f}s)")
 
     # ---- down ----------------------------------------------------------------------------
     def down(self, *, quiet: bool = False) -> None:

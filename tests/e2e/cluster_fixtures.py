@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dev import testbin
 from dev.cluster import ClusterInfo, DevCluster, build_builder_image
 from dev.kubeapi import ApiError, KubeApi
@@ -123,6 +122,7 @@ def start_session_cluster() -> Iterator[Cluster]:
         return
     if shutil.which("docker-registry") is None and not Path("/usr/bin/docker-registry").exists():
         pytest.skip("docker-registry is not installed (make setup)")
+    sweep_stale_sessions()
     state = Path(tempfile.mkdtemp(prefix="kiln-cluster-", dir="/tmp"))
     dev = DevCluster(state, die_with_parent=True)
     try:
@@ -142,6 +142,19 @@ def start_session_cluster() -> Iterator[Cluster]:
         if os.environ.get("KILN_KEEP_CLUSTER_STATE"):
             print(f"kiln e2e: cluster state kept in {state}")
         else:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def sweep_stale_sessions(min_age: float = 600.0) -> None:
+    """Remove /tmp/kiln-cluster-* dirs of killed sessions: none of their recorded processes lives
+    (their processes died with the session) and they are older than ``min_age`` seconds."""
+    for state in Path("/tmp").glob("kiln-cluster-*"):
+        try:
+            if time.time() - state.stat().st_mtime < min_age or not (state / "cluster.json").exists():
+                continue
+        except OSError:
+            continue
+        if all(pid is None for pid in DevCluster(state).running().values()):
             shutil.rmtree(state, ignore_errors=True)
 
 
