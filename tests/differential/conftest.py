@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.differential.builders import Buildah, DiffEnv, Kiln
-from tests.differential.cases import CASES
+from tests.differential.cases import CASES, Case
 from tests.differential.context import tar_bytes
 from tests.differential.harness import Pair, build_case
 from tests.fixtures.images import make_busybox_oci_layout, push_with_skopeo
@@ -102,11 +102,8 @@ def prebuilt(diff_env: DiffEnv, request: pytest.FixtureRequest) -> Iterator[dict
     """Every selected case, building in the background from the first use on; a test waits for its
     own case only, and a build failure surfaces in that case's test."""
     # In the order the tests will ask for them, so no test waits for cases queued before its own.
-    order = [
-        item.callspec.params["case"].name
-        for item in request.session.items
-        if hasattr(item, "callspec") and "case" in item.callspec.params
-    ]
+    params = [getattr(item, "callspec", None) for item in request.session.items]
+    order = [p.params["case"].name for p in params if p is not None and isinstance(p.params.get("case"), Case)]
     by_name = {case.name: case for case in CASES}
     pool = ThreadPoolExecutor(PARALLEL_CASES, thread_name_prefix="diff-build")
     try:
