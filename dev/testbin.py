@@ -34,6 +34,8 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.16"
 GO = os.environ.get("KILN_GO", "/usr/local/go/bin/go")
 BUILD_FLAGS = ["-trimpath", "-ldflags=-s -w"]
+# A cold build of kube-apiserver + kube-controller-manager is ~15 min of CPU on 2 cores.
+BUILD_TIMEOUT = float(os.environ.get("KILN_TESTBIN_TIMEOUT", "3600"))
 # Bumped when the way binaries are built changes, so caches made the old way are rebuilt.
 RECIPE = "2"
 
@@ -101,7 +103,7 @@ def _go_env(work: Path) -> dict[str, str]:
     return env
 
 
-def _run_go(args: list[str], work: Path, what: str) -> str:
+def _run_go(args: list[str], work: Path, what: str, timeout: float = 600.0) -> str:
     if not Path(GO).exists() and shutil.which(GO) is None:
         raise TestbinUnavailable(f"no Go toolchain at {GO}")
     start = time.monotonic()
@@ -115,13 +117,16 @@ def _run_go(args: list[str], work: Path, what: str) -> str:
     ticker.start()
     try:
         proc = subprocess.run(
-            [GO, *args], cwd=work, env=_go_env(work), capture_output=True, text=True, check=False
+            [GO, *args], cwd=work, env=_go_env(work), capture_output=True, text=True, check=False, timeout=timeout
         )
+    except subprocess.TimeoutExpired as exc:
+        raise TestbinUnavailable(f"{what} did not finish in {timeout:.0f}s (network?)") from exc
     finally:
         done.set()
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
-        raise TestbinUnavailable(f"{what} failed (go {' '.join(args[:2])}):\n{tail}")
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        tail = "\n".join(lines[-25:])
+        raise TestbinUnavailable(f"{what} failed: {lines[-1]}\n{tail}")
     _say(f"  {what}: done in {time.monotonic() - start:.0f}s")
     return proc.stdout
 
@@ -171,7 +176,7 @@ def build_etcd(version: str = ETCD_VERSION) -> Path:
             _say(f"building etcd {version} (go.etcd.io/etcd/server/v3)")
             _write_module(work, {"go.etcd.io/etcd/server/v3": version}, {})
             _run_go(["build", *BUILD_FLAGS, "-o", str(work / "etcd"), "go.etcd.io/etcd/server/v3"],
-                    work, "etcd build")
+                    work, "etcd build", BUILD_TIMEOUT)
             _install(work / "etcd", dest)
             _mark(dest.parent)
     return dest
@@ -204,7 +209,7 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> tuple[Path, Path]:
             _say(f"building kube-apiserver and kube-controller-manager {version} (takes minutes the first time)")
             _run_go(["build", "-trimpath", f"-ldflags=-s -w {version_ldflags(version)}", "-o", str(out) + "/",
                      "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager"],
-                    work, "kubernetes build")
+                    work, "kubernetes build", BUILD_TIMEOUT)
             _install(out / "kube-apiserver", apiserver)
             _install(out / "kube-controller-manager", kcm)
             _mark(root)
