@@ -87,6 +87,19 @@ def test_pod_is_bound_runs_and_reports(cluster: Cluster, kube_api: KubeApi, name
     assert rest == "line two\n" and stamp.endswith("Z")
 
 
+def test_containers_run_in_kiln_rootless_sandbox(cluster: Cluster, kube_api: KubeApi, namespace: str,
+                                                  cluster_busybox: str) -> None:
+    import pwd
+
+    create_pod(kube_api, namespace, busybox_pod("whoami", cluster_busybox, ["cat", "/proc/self/uid_map"]))
+    done = wait_for_pod(kube_api, namespace, "whoami")
+    assert done["status"]["phase"] == "Succeeded"
+    first = pod_log(kube_api, namespace, "whoami").split("\n")[0].split()
+    agent_uid = pwd.getpwnam(cluster.info.agent_user).pw_uid
+    # uid 0 of the container is the agent's own (unprivileged) uid on the host
+    assert first[:3] == ["0", str(agent_uid), "1" if agent_uid != 0 else "4294967295"]
+
+
 def test_failing_container_fails_the_pod(kube_api: KubeApi, namespace: str, cluster_busybox: str) -> None:
     pod = busybox_pod("fails", cluster_busybox, ["sh", "-c", "echo about to fail; exit 3"],
                       terminationMessagePolicy="FallbackToLogsOnError")
