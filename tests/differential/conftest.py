@@ -107,6 +107,7 @@ def prebuilt(diff_env: DiffEnv, request: pytest.FixtureRequest) -> Iterator[dict
     by_name = {case.name: case for case in CASES}
     pool = ThreadPoolExecutor(PARALLEL_CASES, thread_name_prefix="diff-build")
     try:
-        yield {name: pool.submit(build_case, diff_env, by_name[name]) for name in dict.fromkeys(order)}
+        # Other suites' parameters may be named "case" too: only this suite's cases are built.
+        yield {name: pool.submit(build_case, diff_env, by_name[name]) for name in dict.fromkeys(order) if name in by_name}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
