@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from dev import testbin
 from dev.kubeapi import KubeApi
+
 from tests.e2e.cluster_fixtures import (
     Cluster,
     create_namespace,
