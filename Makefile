@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench dev examples deploy
 
 typecheck: setup
 	$(BIN)/mypy
@@ -44,7 +44,7 @@ pytest: setup
 	$(BIN)/pytest -q
 
 test: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench dev examples deploy
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
