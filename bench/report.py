@@ -179,7 +179,7 @@ def write_chart(result: Result, path: Path, when: datetime) -> None:
     engine = [row.kiln_engine_best or 0.0 for row in result.rows]
     xs = range(len(cases))
     width = 0.38
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(cases) + 1.5), 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(cases) + 1.5), 4.0), dpi=100)
     ax.bar([x - width / 2 for x in xs], kiln, width, label="kiln (CLI)", color="#c0504d")
     if _has_engine(result):
         # Drawn over kiln's bar: the part of kiln's time spent moving the image.
@@ -209,7 +209,7 @@ def write_chart(result: Result, path: Path, when: datetime) -> None:
     ax.set_title(
         f"{result.title}: kiln vs {result.peer} ({when:%Y-%m-%d}, best of {result.runs})", fontsize=10
     )
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})
