@@ -254,6 +254,7 @@ def freeze_code(rootless: Rootless) -> None:
 
 def kiln_revision() -> str:
     """The commit measured, with "+changes" when src/kiln differs from it."""
+
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else ""

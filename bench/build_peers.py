@@ -50,7 +50,10 @@ BUILDKIT_FILES = ("buildctl-daemonless.sh", "buildctl", "buildkitd", "rootlesski
 
 
 def buildkit_available(bin_dir: Path = PEERS_BIN) -> bool:
-    return all(os.access(bin_dir / name, os.X_OK) for name in BUILDKIT_FILES) and shutil.which("runc") is not None
+    return (
+        all(os.access(bin_dir / name, os.X_OK) for name in BUILDKIT_FILES)
+        and shutil.which("runc") is not None
+    )
 
 
 @dataclass
@@ -92,12 +95,22 @@ class BuildkitTool:
             "BUILDKITD_FLAGS": flags,
         }
         argv = [
-            str(self.bin_dir / "buildctl-daemonless.sh"), "build", "--progress", "plain",
-            "--frontend", "dockerfile.v0",
-            "--local", f"context={context}", "--local", f"dockerfile={dockerfile.parent}",
-            "--opt", f"filename={dockerfile.name}",
-            "--metadata-file", str(self.home / "metadata.json"),
-            "--output", output,
+            str(self.bin_dir / "buildctl-daemonless.sh"),
+            "build",
+            "--progress",
+            "plain",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            f"context={context}",
+            "--local",
+            f"dockerfile={dockerfile.parent}",
+            "--opt",
+            f"filename={dockerfile.name}",
+            "--metadata-file",
+            str(self.home / "metadata.json"),
+            "--output",
+            output,
         ]
         return as_builder(self.rootless, argv, env)
 
@@ -120,7 +133,10 @@ class BuildkitTool:
         context, dockerfile = self._last
         host = dest.split("/", 1)[0]
         return self._buildctl(
-            context, dockerfile, f"type=image,name={dest},push=true,registry.insecure=true", self._config(host)
+            context,
+            dockerfile,
+            f"type=image,name={dest},push=true,registry.insecure=true",
+            self._config(host),
         )
 
     def version(self) -> str:
@@ -160,6 +176,8 @@ def install_buildkit(bin_dir: Path = PEERS_BIN) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["install"]:
-        sys.exit("usage: bench/build_peers.py install   (builds BuildKit and rootlesskit into $KILN_BENCH_PEERS_BIN)")
+        sys.exit(
+            "usage: bench/build_peers.py install   (builds BuildKit and rootlesskit into $KILN_BENCH_PEERS_BIN)"
+        )
     install_buildkit()
     print(f"installed {', '.join(BUILDKIT_FILES)} into {PEERS_BIN}")

@@ -16,7 +16,7 @@ RSS_GOAL_MIB = 256
 MIB = 1 << 20
 KANIKO_NOTE = (
     "kaniko is not in the table: the Go module proxy refuses its module here "
-    "(github.com/GoogleContainerTools/kaniko and the forks tried: 403 \"not available\"), so it cannot be "
+    '(github.com/GoogleContainerTools/kaniko and the forks tried: 403 "not available"), so it cannot be '
     "built; it would also have to run inside its own root filesystem (`kiln run` of a kaniko image), "
     "since it writes to `/`."
 )
@@ -38,7 +38,13 @@ def _tools(times: Times) -> list[str]:
 def peers_markdown(times: Times, *, indent: str = "") -> str:
     tools = _tools(times)
     others = [t for t in tools if t != "kiln"]
-    head = "| case | " + " | ".join(f"{t} (s)" for t in tools) + " | " + " | ".join(f"kiln / {t}" for t in others) + " |"
+    head = (
+        "| case | "
+        + " | ".join(f"{t} (s)" for t in tools)
+        + " | "
+        + " | ".join(f"kiln / {t}" for t in others)
+        + " |"
+    )
     lines = [head, "|---|" + "---:|" * (len(tools) + len(others))]
     for case, by_tool in times.items():
         kiln = best(by_tool["kiln"]).seconds
@@ -58,8 +64,16 @@ def write_peers_csv(path: Path, times: Times) -> None:
             kiln = best(by_tool["kiln"]).seconds
             for tool, samples in by_tool.items():
                 b = best(samples)
-                w.writerow([case, tool, f"{b.seconds:.4f}", f"{b.cpu_seconds:.3f}", f"{kiln / b.seconds:.4f}",
-                            " ".join(f"{s.seconds:.3f}" for s in samples)])
+                w.writerow(
+                    [
+                        case,
+                        tool,
+                        f"{b.seconds:.4f}",
+                        f"{b.cpu_seconds:.3f}",
+                        f"{kiln / b.seconds:.4f}",
+                        " ".join(f"{s.seconds:.3f}" for s in samples),
+                    ]
+                )
     os.replace(tmp, path)
 
 
@@ -121,9 +135,20 @@ def write_memory_csv(path: Path, memory: dict[str, list[MemorySample]]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["tool", "run", "seconds", "cpu_s", "tree_peak_rss_mib", "largest_process_rss_mib", "processes"])
+        w.writerow(
+            ["tool", "run", "seconds", "cpu_s", "tree_peak_rss_mib", "largest_process_rss_mib", "processes"]
+        )
         for name, samples in memory.items():
             for i, s in enumerate(samples, 1):
-                w.writerow([name, i, f"{s.sample.seconds:.3f}", f"{s.sample.cpu_seconds:.2f}",
-                            f"{s.tree_peak / MIB:.1f}", f"{s.process_peak / MIB:.1f}", s.processes])
+                w.writerow(
+                    [
+                        name,
+                        i,
+                        f"{s.sample.seconds:.3f}",
+                        f"{s.sample.cpu_seconds:.2f}",
+                        f"{s.tree_peak / MIB:.1f}",
+                        f"{s.process_peak / MIB:.1f}",
+                        s.processes,
+                    ]
+                )
     os.replace(tmp, path)

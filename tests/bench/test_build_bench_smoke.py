@@ -18,7 +18,8 @@ from bench.harness import BenchConfig
 from bench import report
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("buildah") is None, reason="runs builders as the builder user: needs root and buildah"
+    os.geteuid() != 0 or shutil.which("buildah") is None,
+    reason="runs builders as the builder user: needs root and buildah",
 )
 
 CASES = ["cold", "unchanged", "changed", "push", "1gib"]
@@ -38,7 +39,12 @@ def scratch() -> Iterator[Path]:
 def test_build_benchmark_runs_end_to_end(tmp_path: Path, scratch: Path) -> None:
     work = scratch
     extras = tmp_path / "results"
-    result = run(BenchConfig(runs=1, workdir=work, verbose=False, quick=True), extras_dir=extras, peers=False, warmup=False)
+    result = run(
+        BenchConfig(runs=1, workdir=work, verbose=False, quick=True),
+        extras_dir=extras,
+        peers=False,
+        warmup=False,
+    )
 
     assert result.name == "build" and result.peer == "buildah"
     assert [row.case for row in result.rows] == CASES
