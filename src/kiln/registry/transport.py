@@ -10,11 +10,15 @@ import email.utils
 import ipaddress
 import json
 import logging
+import os
 import random
 import ssl
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -61,15 +65,59 @@ def base_url(api_host: str, options: RegistryOptions) -> str:
     return f"{scheme}://{api_host}"
 
 
+class RegistryHTTPClient(httpx.Client):
+    """An httpx.Client whose TLS trust (the system CAs, plus ``ca_file``) loads on the first HTTPS request.
+
+    Loading the system CA bundle costs 50-100 ms of CPU in every process, and an operation that
+    talks only to plain-HTTP registries (loopback, --insecure-registry) never needs it (Go's
+    crypto/x509, hence skopeo, loads it lazily too). Every request passes through :meth:`send`;
+    until the trust is loaded the context trusts no CA at all, so a request that somehow skipped
+    the load would fail verification, never bypass it.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, ca_file: str | None, **kwargs: Any) -> None:
+        super().__init__(verify=ctx, **kwargs)
+        self._tls = ctx
+        self._ca_file = ca_file
+        self._trust_loaded = False
+        self._trust_lock = threading.Lock()
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if request.url.scheme == "https" and not self._trust_loaded:
+            self._load_trust()
+        return super().send(request, **kwargs)
+
+    def _load_trust(self) -> None:
+        with self._trust_lock:
+            if self._trust_loaded:
+                return
+            if self._ca_file:
+                self._tls.load_verify_locations(cafile=self._ca_file)
+            # A private CA bundle adds to the system's trust rather than replacing it.
+            self._tls.load_default_certs()
+            self._trust_loaded = True
+
+
+def _client_tls_context() -> ssl.SSLContext:
+    """What ssl.create_default_context() returns, before it loads the system CAs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    if sys.version_info >= (3, 13):
+        # The stricter chain checks create_default_context() sets from Python 3.13 on.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
+    return ctx
+
+
 def make_http_client(options: RegistryOptions) -> httpx.Client:
     """One pooled client for every host of an operation. Redirects are followed by hand (see send)."""
-    ctx = ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
-    if options.ca_file:
-        # A private CA bundle adds to the system's trust rather than replacing it.
-        ctx.load_default_certs()
     t = options.timeout
-    return httpx.Client(
-        verify=ctx,
+    return RegistryHTTPClient(
+        _client_tls_context(),
+        str(options.ca_file) if options.ca_file else None,
         timeout=httpx.Timeout(connect=t, read=t, write=t, pool=t),
         limits=httpx.Limits(
             max_connections=options.concurrency * 2 + 4, max_keepalive_connections=options.concurrency * 2
