@@ -16,6 +16,11 @@ loopback registry, ``COPY . /app``, ``RUN find /app -type f | wc -l > /count``.
   bytes, with the process tree's memory polled (bench/build_rss.py): the peak RSS table.
 
 More builders (BuildKit, kaniko) go through bench/build_peers.py when they can run here.
+
+Besides bench/run.py's build.csv/.png (kiln vs buildah) the run writes build_peers.csv/.png
+(every builder) and build_memory.csv (the 1 GiB runs) to bench/results/ (``run`` does not see
+run.py's --results; ``--quick`` writes none of them). The kiln measured is a copy of src/kiln
+taken when the run starts; its commit is in the report's facts.
 """
 
 from __future__ import annotations
