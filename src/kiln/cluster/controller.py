@@ -108,6 +108,8 @@ def run(settings: PodSettings, namespace: str | None = None, *, stop_flag: threa
     STATE.namespace = namespace
     STATE.reconciler = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             standalone=True,
