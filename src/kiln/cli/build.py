@@ -199,6 +199,3 @@ def build(
         write_metadata(metadata_file, result.descriptor, delivered, {"kiln.cached_steps": result.cached_steps, "kiln.run_steps": result.run_steps})
     click.echo(result.descriptor.digest)
 
-
-def register(group: click.Group) -> None:
-    group.add_command(build)

@@ -213,7 +213,3 @@ def controller(namespace: str | None, builder_image: str | None, insecure: tuple
         settings = replace(settings, insecure_registries=settings.insecure_registries + insecure)
     run(settings, namespace)
 
-
-def register(group: click.Group) -> None:
-    for command in (start_build, logs, cancel_build, get, install, controller):
-        group.add_command(command)

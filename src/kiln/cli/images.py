@@ -212,7 +212,3 @@ def prune(with_cache: bool, store_path: Path | None) -> None:
     BlobSources(store).retain_stored()
     click.echo(f"removed {result.removed_blobs} blobs ({human_size(result.freed_bytes)}), kept {result.kept_blobs}")
 
-
-def register(group: click.Group) -> None:
-    for cmd in (pull, push, copy, inspect, images_cmd, tag, rmi, prune):
-        group.add_command(cmd)

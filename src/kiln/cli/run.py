@@ -113,6 +113,3 @@ def _write_out(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 
-
-def register(group: click.Group) -> None:
-    group.add_command(run)

@@ -194,6 +194,3 @@ def usage(
     )  # fmt: skip
     sys.exit(code)
 
-
-def register(group: click.Group) -> None:
-    group.add_command(s2i)
