@@ -250,9 +250,11 @@ def update_doc(path: Path, name: str, text: str, *, intro: str = "# Performance\
         new = pattern.sub(lambda _m: text, old, count=1)
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(new)
+    os.chmod(tmp, mode)  # mkstemp makes 0600; keep the document readable as it was
     os.replace(tmp, path)
 
 
