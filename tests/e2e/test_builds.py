@@ -62,13 +62,14 @@ def digest_in_registry(registry: str, ref: str) -> str:
     return r.headers["Docker-Content-Digest"]
 
 
-def run_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, bc: dict[str, Any], *args: str) -> str:
-    """Create the BuildConfig, `kiln start-build --wait`, return the build's name (asserting it completed)."""
+def run_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, bc: dict[str, Any], *args: str,
+              wait: str = "--wait") -> tuple[str, str]:  # fmt: skip
+    """Create the BuildConfig, `kiln start-build --wait` (or --follow); the build's name and the command's output."""
     e2e.create(k, namespace, bc)
-    done = e2e.kiln_cli(installed, "start-build", bc["metadata"]["name"], "-n", namespace, "--wait", *args)
+    done = e2e.kiln_cli(installed, "start-build", bc["metadata"]["name"], "-n", namespace, wait, *args)
     name = f"{bc['metadata']['name']}-1"
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{ctl.log_tail()}\n{e2e.kiln_cli(installed, 'logs', f'build/{name}', '-n', namespace).stdout}"
-    return name
+    return name, done.stdout
 
 
 def assert_complete(k: Kube, installed: e2e.Installed, namespace: str, name: str, output: str, stages: list[str]) -> None:
@@ -86,7 +87,7 @@ def assert_complete(k: Kube, installed: e2e.Installed, namespace: str, name: str
 
 def test_docker_inline_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str) -> None:
     output = f"{installed.registry}/{namespace}/inline:latest"
-    name = run_build(installed, ctl, k, namespace, docker_inline("inline", installed.busybox, output))
+    name, _ = run_build(installed, ctl, k, namespace, docker_inline("inline", installed.busybox, output))
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
     logs = e2e.kiln_cli(installed, "logs", "bc/inline", "-n", namespace)
     assert logs.returncode == 0 and "kiln-build-result" in logs.stdout, logs.stderr
@@ -129,7 +130,7 @@ def test_docker_build_from_git(installed: e2e.Installed, ctl: e2e.ControllerProc
     bc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "fromgit"},
           "spec": {"source": {"git": {"uri": uri, "ref": "v1"}, "contextDir": "sub"}, "strategy": {"type": "Docker"},
                    "output": {"to": {"kind": "DockerImage", "name": output}}}}  # fmt: skip
-    name = run_build(installed, ctl, k, namespace, bc)
+    name, _ = run_build(installed, ctl, k, namespace, bc)
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
 
 
@@ -141,7 +142,7 @@ def test_binary_build_from_dir(installed: e2e.Installed, ctl: e2e.ControllerProc
     output = f"{installed.registry}/{namespace}/binary:latest"
     bc = {"apiVersion": "kiln.dev/v1alpha1", "kind": "BuildConfig", "metadata": {"name": "bin"},
           "spec": {"source": {"binary": {}}, "strategy": {"type": "Docker"}, "output": {"to": {"kind": "DockerImage", "name": output}}}}  # fmt: skip
-    name = run_build(installed, ctl, k, namespace, bc, "--from-dir", str(src))
+    name, _ = run_build(installed, ctl, k, namespace, bc, "--from-dir", str(src))
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
     build = k.get_build(namespace, name)
     assert build is not None and build.spec.source.binary is not None
@@ -153,8 +154,11 @@ def test_binary_build_from_dir(installed: e2e.Installed, ctl: e2e.ControllerProc
 
 def test_pipeline_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str) -> None:
     output = f"{installed.registry}/{namespace}/pipe:latest"
-    name = run_build(installed, ctl, k, namespace, pipeline("pipe", installed.busybox, output))
+    name, out = run_build(installed, ctl, k, namespace, pipeline("pipe", installed.busybox, output), wait="--follow")
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
+    # --follow streamed the pod's log, then waited and printed the image
+    assert "--> step 1/2 compile" in out and "--> step 2/2 test" in out
+    assert out.rstrip().endswith(f"{output}@{k.get_build(namespace, name).status.image_digest}")  # type: ignore[union-attr]
     build = k.get_build(namespace, name)
     assert build is not None
     assert [s.name for s in build.status.stages[1].steps] == ["compile", "test"]
@@ -176,7 +180,7 @@ def custom_builder(installed: e2e.Installed) -> str:
 
 def test_custom_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, custom_builder: str) -> None:
     output = f"{installed.registry}/{namespace}/custom:v1"
-    name = run_build(installed, ctl, k, namespace, custom("cust", custom_builder, output))
+    name, _ = run_build(installed, ctl, k, namespace, custom("cust", custom_builder, output))
     assert_complete(k, installed, namespace, name, output, ["Build", "PushImage"])
     log = e2e.kiln_cli(installed, "logs", f"build/{name}", "-n", namespace).stdout
     assert f"OUTPUT_IMAGE={output}" in log and "BUILD=ok" in log and "GREETING=custom-hi" in log
@@ -203,7 +207,7 @@ def test_source_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: K
     src = Path(tempfile.mkdtemp(prefix="kiln-e2e-s2i-src-"))
     (src / "index.txt").write_text("app source\n")
     try:
-        name = run_build(installed, ctl, k, namespace, bc, "--from-dir", str(src))
+        name, _ = run_build(installed, ctl, k, namespace, bc, "--from-dir", str(src))
     finally:
         shutil.rmtree(src, ignore_errors=True)
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
@@ -219,7 +223,7 @@ def test_baseline_namespace_admits_build_pods(installed: e2e.Installed, ctl: e2e
         cluster.client().create(from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "priv", "namespace": namespace},
                                            "spec": {"containers": [{"name": "c", "image": installed.busybox, "securityContext": {"privileged": True}}]}}))  # fmt: skip
     output = f"{installed.registry}/{namespace}/baseline:latest"
-    name = run_build(installed, ctl, k, namespace, docker_inline("baseline", installed.busybox, output))
+    name, _ = run_build(installed, ctl, k, namespace, docker_inline("baseline", installed.busybox, output))
     assert_complete(k, installed, namespace, name, output, ["FetchInputs", "Build", "PushImage"])
 
 
