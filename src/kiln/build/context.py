@@ -33,7 +33,7 @@ from kiln.build.source_tree import DIGEST_VERSION, SourceTree, join
 from kiln.build.statcache import StatCache
 from kiln.errors import KilnError
 from kiln.oci.digest import Digest
-from kiln.oci.layer_writer import default_xattr_filter
+from kiln.oci.xattrs import read_xattrs
 
 if TYPE_CHECKING:
     from kiln.oci.store import Store
@@ -193,19 +193,7 @@ class BuildContext(SourceTree):
             raise
 
     def xattrs(self, rel: str) -> dict[str, bytes]:
-        path = self._host_str(rel)
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            return {}
-        out: dict[str, bytes] = {}
-        for key in sorted(names):
-            if default_xattr_filter(key):
-                try:
-                    out[key] = os.getxattr(path, key, follow_symlinks=False)
-                except OSError:
-                    continue
-        return out
+        return read_xattrs(self._host_str(rel))
 
     # -- ownership and content -----------------------------------------------------------
 

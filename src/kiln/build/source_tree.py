@@ -19,7 +19,7 @@ from kiln.build.rootpath import host_path, resolve_in_root
 from kiln.errors import KilnError
 from kiln.oci.digest import BLOCK_SIZE
 from kiln.oci.layer import encode_name
-from kiln.oci.layer_writer import default_xattr_filter
+from kiln.oci.xattrs import read_xattrs
 
 #: Versions the record format below; bump it and every cache key changes.
 DIGEST_VERSION = b"kiln-source-digest-v1\n"
@@ -91,19 +91,7 @@ class SourceTree:
         return os.readlink(self.host(rel))
 
     def xattrs(self, rel: str) -> dict[str, bytes]:
-        path = self.host(rel)
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            return {}
-        out: dict[str, bytes] = {}
-        for key in sorted(names):
-            if default_xattr_filter(key):
-                try:
-                    out[key] = os.getxattr(path, key, follow_symlinks=False)
-                except OSError:
-                    continue
-        return out
+        return read_xattrs(self.host(rel))
 
     def hash_file(self, rel: str) -> str:
         """sha256 hex of a regular file's content, read in large blocks."""

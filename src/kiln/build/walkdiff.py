@@ -37,7 +37,6 @@ with sub-second timestamps (ext4, xfs, btrfs, tmpfs).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -55,6 +54,7 @@ from kiln.errors import BuildError
 from kiln.oci.digest import BLOCK_SIZE
 from kiln.oci.layer import encode_name
 from kiln.oci.layer_writer import LayerWriter
+from kiln.oci.xattrs import read_xattrs as read_file_xattrs
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,8 @@ def _keep_xattr(name: str) -> bool:
 
 
 def read_xattrs(path: str) -> dict[str, bytes]:
-    """A path's xattrs minus overlay's own, without following a symlink."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    found = {}
-    for name in names:
-        if _keep_xattr(name):
-            with contextlib.suppress(OSError):
-                found[name] = os.getxattr(path, name, follow_symlinks=False)
-    return found
+    """A path's xattrs minus overlay's own (security.selinux is kept: it is the file's)."""
+    return read_file_xattrs(path, _keep_xattr)
 
 
 def _top_first(lowers: Sequence[Path]) -> list[str]:

@@ -39,6 +39,7 @@ from kiln.oci.layer import (
     whiteout_name,
 )
 from kiln.oci.mediatypes import layer_type
+from kiln.oci.xattrs import default_xattr_filter, read_xattrs
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,6 @@ class LayerInfo:
     size: int
     media_type: str
     uncompressed_size: int
-
-
-def default_xattr_filter(name: str) -> bool:
-    """xattrs that describe the file, not the machine or the overlay that holds it."""
-    if name == "security.selinux":
-        return False  # host labels differ per machine; the runtime relabels anyway
-    return not name.startswith(("trusted.overlay.", "user.overlay."))
 
 
 _TARINFO_TYPES = {
@@ -276,7 +270,7 @@ class LayerWriter:
                 base.type, base.linkname = EntryType.HARDLINK, first
                 self.add_entry(base)
                 return
-        base.xattrs = self._read_xattrs(path)
+        base.xattrs = read_xattrs(path, self._xattr_filter)
         if kind == stat.S_IFREG:
             base.size = st.st_size
             with open(path, "rb", buffering=0) as f:
@@ -328,20 +322,6 @@ class LayerWriter:
             self.add_path(prefix, root, owner=owner)
         for _, rel, path in found:
             self.add_path(f"{prefix}/{rel}" if prefix else rel, Path(path), owner=owner)
-
-    def _read_xattrs(self, path: Path) -> dict[str, bytes]:
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            return {}  # the file system has no xattrs
-        found: dict[str, bytes] = {}
-        for key in sorted(names):
-            if self._xattr_filter(key):
-                try:
-                    found[key] = os.getxattr(path, key, follow_symlinks=False)
-                except OSError:
-                    continue  # removed since it was listed
-        return found
 
     # -- finishing ---------------------------------------------------------------------------
 
