@@ -205,6 +205,19 @@ def test_missing_mountpoints_are_created_then_removed(tmp_path: Path) -> None:
     assert sorted(p.relative_to(bare) for p in bare.rglob("*")) == before
 
 
+def test_a_placeholder_outlives_a_run_while_another_run_shares_the_root(tmp_path: Path) -> None:
+    from kiln.sandbox.rootshare import RootShare
+    from kiln.sandbox.staging import roots_dir
+
+    bare = make_busybox_rootfs(tmp_path / "bare")
+    (bare / "etc" / "resolv.conf").unlink(missing_ok=True)
+    other = RootShare(str(bare), roots_dir(str(tmp_path)))  # a run that started first and still runs
+    assert sh(str(bare), "test -e /etc/resolv.conf").exit_code == 0
+    assert (bare / "etc" / "resolv.conf").exists()  # the other run's bind mount still needs it
+    other.leave([])  # the last one out removes what the ledger lists
+    assert not (bare / "etc" / "resolv.conf").exists()
+
+
 def test_symlinked_mount_target_stays_inside_the_root(tmp_path: Path, marker: str) -> None:
     evil = make_busybox_rootfs(tmp_path / "evil")
     outside = Path("/tmp") / marker

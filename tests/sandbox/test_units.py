@@ -155,3 +155,19 @@ def test_output_buffer_splits_lines_and_bounds_the_tail() -> None:
     huge = OutputBuffer(big.append, tail_limit=10)
     huge.feed(b"x" * 70000)
     assert [len(b) for b in big] == [70000]  # a line longer than 64 KiB is passed on anyway
+
+
+def test_root_share_last_one_out_removes_every_recorded_placeholder(tmp_path: Path) -> None:
+    from kiln.sandbox.rootshare import RootShare
+
+    root, locks = tmp_path / "root", str(tmp_path / "locks")
+    (root / "made").mkdir(parents=True)
+    (root / "made" / "by-b").touch()
+    (root / "by-a").touch()
+    first, second = RootShare(str(root), locks), RootShare(str(root), locks)
+    first.leave(["by-a", "made/by-b"])  # the second run still uses the root: nothing goes
+    assert (root / "by-a").exists() and (root / "made" / "by-b").exists()
+    second.leave(["made"])  # a parent recorded after its child is still removed after it
+    assert sorted(p.name for p in root.iterdir()) == []
+    third = RootShare(str(root), locks)
+    third.leave([])  # an empty ledger is fine

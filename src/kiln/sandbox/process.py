@@ -19,9 +19,9 @@ from typing import Any
 from kiln.errors import SandboxError
 
 from . import launch
-from .rootpath import remove_placeholder
+from .rootshare import shared_root
 from .spec import ExecFailedError, OutputCallback, OverlayRootfs, ProcessResult, ProcessSpec
-from .staging import staging_dir
+from .staging import roots_dir, staging_dir
 
 _CHUNK = 65536
 _MAX_LINE = 65536  # a longer line without newline is passed on in pieces
@@ -115,8 +115,9 @@ def run(spec: ProcessSpec) -> ProcessResult:
     spec.validate()
     if os.geteuid() != 0:
         raise SandboxError("sandbox: kiln must run as root or inside its user namespace (ensure_userns)")
-    with staging_dir() as staging:
-        return _run_staged(spec, staging)
+    base = spec.rootfs.upperdir if isinstance(spec.rootfs, OverlayRootfs) else spec.rootfs
+    with staging_dir() as staging, shared_root(base, roots_dir(staging)) as placeholders:
+        return _run_staged(spec, staging, placeholders)
 
 
 def _spec_fd(spec: ProcessSpec) -> int:
@@ -126,7 +127,7 @@ def _spec_fd(spec: ProcessSpec) -> int:
     return fd
 
 
-def _run_staged(spec: ProcessSpec, staging: str) -> ProcessResult:
+def _run_staged(spec: ProcessSpec, staging: str, placeholders: list[str]) -> ProcessResult:
     started = time.monotonic()
     deadline = None if spec.timeout is None else started + spec.timeout
     out_r, out_w = os.pipe()
@@ -166,7 +167,7 @@ def _run_staged(spec: ProcessSpec, staging: str) -> ProcessResult:
         stdin.close()
         for fd in (out_r, report_r):
             os.close(fd)
-        _cleanup_placeholders(spec, reports.placeholders)
+        placeholders.extend(reports.placeholders)  # removed by shared_root once no run uses the root
     duration = time.monotonic() - started
     return _result(proc, reports, output.tail, timed_out, duration)
 
@@ -267,12 +268,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _cleanup_placeholders(spec: ProcessSpec, placeholders: list[str]) -> None:
-    base = spec.rootfs.upperdir if isinstance(spec.rootfs, OverlayRootfs) else spec.rootfs
-    for rel in reversed(placeholders):  # children before their parents
-        remove_placeholder(base, rel)
 
 
 def _result(

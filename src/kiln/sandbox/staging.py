@@ -54,6 +54,12 @@ def sweep(base: str) -> None:
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
+def roots_dir(staging: str) -> str:
+    """Where runs sharing a root directory coordinate (see rootshare); per-run if we have no base."""
+    base = _base()
+    return os.path.join(base if base is not None else staging, "roots")
+
+
 @contextlib.contextmanager
 def staging_dir() -> Iterator[str]:
     """A fresh directory with empty ``root`` and ``scaffold`` subdirectories, removed afterwards."""
