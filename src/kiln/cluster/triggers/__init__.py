@@ -1,0 +1,1 @@
+"""Build triggers: what starts a build without a user."""
