@@ -31,7 +31,15 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class TransientError(RegistryError):
-    """A failure worth another try: connection reset or timeout, 429 or 5xx after the retries."""
+    """A failure worth another try: connection reset or timeout, 429 or 5xx after the retries.
+
+    ``retry_after`` is the server's Retry-After in seconds (uncapped), when it sent one: a caller
+    that does not retry in place (the digest poller) schedules its next attempt by it.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 USER_AGENT = "kiln/0.1"
@@ -270,5 +278,5 @@ def raise_for_status(resp: httpx.Response, what: str) -> None:
     if resp.status_code in (401, 403):
         raise AuthError(msg)
     if resp.status_code in RETRY_STATUSES:
-        raise TransientError(msg)
+        raise TransientError(msg, parse_retry_after(resp.headers.get("Retry-After"), float("inf")))
     raise RegistryError(msg)
