@@ -62,24 +62,28 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
-def _raw(value: str) -> bytes:
+def _raw(value: str) -> list[bytes]:
     # http.server decodes header bytes as latin-1, so encoding back recovers the bytes sent;
-    # strings that cannot be latin-1 came from elsewhere and are compared as UTF-8.
+    # a header value handed over as real text is also tried as UTF-8 (the same for ASCII).
+    value = value.strip()
+    encodings = [value.encode("utf-8")]
     try:
-        return value.strip().encode("latin-1")
+        encodings.append(value.encode("latin-1"))
     except UnicodeEncodeError:
-        return value.strip().encode("utf-8")
+        pass
+    return encodings
 
 
 def _signature_ok(header: str | None, body: bytes, secret: bytes) -> bool:
     if header is None:
         return False
+    # A list, not a generator: every encoding is compared, whichever one matches.
     expected = b"sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-    return hmac.compare_digest(expected, _raw(header).lower())
+    return any([hmac.compare_digest(expected, offered.lower()) for offered in _raw(header)])
 
 
 def _token_ok(header: str | None, secret: bytes) -> bool:
-    return header is not None and hmac.compare_digest(_raw(header), secret)
+    return header is not None and any([hmac.compare_digest(offered, secret) for offered in _raw(header)])
 
 
 def verify(kind: WebhookKind | str, headers: Mapping[str, str], body: bytes, secret: bytes) -> None:
