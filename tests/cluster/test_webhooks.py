@@ -401,11 +401,12 @@ def test_bitbucket_datacenter_refs_changed_and_ping() -> None:
 
 
 def test_bitbucket_malformed() -> None:
-    for payload in (
+    payloads: list[dict[str, Any]] = [
         {"push": {"changes": "x"}},
         {"push": {"changes": [{"new": {"type": "branch"}}]}},
         {"push": []},
-    ):
+    ]
+    for payload in payloads:
         with pytest.raises(WebhookRejected) as info:
             bitbucket("repo:push", payload)
         assert info.value.status == 400

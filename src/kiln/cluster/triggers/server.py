@@ -279,7 +279,10 @@ class TriggerServer:
                 server.socket, server_side=True, do_handshake_on_connect=False
             )
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="kiln-triggers", daemon=True)
+        # shutdown() waits up to one poll interval; 0.2 s keeps stop() prompt at negligible cost.
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="kiln-triggers", daemon=True
+        )
         self._thread.start()
         log.info("trigger server listening on %s", self.url)
         return self.port
