@@ -67,9 +67,12 @@ def test_names_and_enums() -> None:
     assert status["properties"]["phase"]["enum"] == ["New", "Pending", "Running", "Complete", "Failed", "Error", "Cancelled"]
     rules = [r["message"] for r in spec["properties"]["strategy"]["x-kubernetes-validations"]]
     assert "strategy.sourceStrategy is required when strategy.type is Source" in rules
-    # free-form only where it is meant to be
+    # no free-form corner: every field of a trigger is typed too
     free = [p for p, n in _walk(bc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]) if n.get("x-kubernetes-preserve-unknown-fields")]
-    assert free and all(".triggers[]." in p for p in free)
+    assert free == []
+    trigger = spec["properties"]["triggers"]["items"]["properties"]
+    assert set(trigger["imageChange"]["properties"]) == {"from", "paused"}
+    assert trigger["github"]["properties"]["secretReference"]["required"] == ["name"]
 
 
 def test_refuses_a_union_without_structural_form() -> None:

@@ -200,16 +200,38 @@ def install(builder_image: str | None, install_ns: str | None, host_users: bool,
 @click.option("-n", "--namespace", default=None, help="Watch this namespace only (default: all).")
 @click.option("--builder-image", default=None, envvar="KILN_BUILDER_IMAGE", help="Image of the build pods.")
 @click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST", help="Build pods reach this registry over plain HTTP.")
-def controller(namespace: str | None, builder_image: str | None, insecure: tuple[str, ...]) -> None:
-    """Run the Build controller (until interrupted). Build pod settings come from KILN_* variables."""
+@click.option("--webhook-listen", default=None, envvar="KILN_WEBHOOK_LISTEN", metavar="HOST:PORT",
+              help="Serve build webhooks and registry notifications here (default: off; env KILN_WEBHOOK_LISTEN).")  # fmt: skip
+@click.option("--poll-interval", type=float, default=None, help="Seconds between polls of watched image tags; 0: no polling (env KILN_POLL_INTERVAL, default 120).")
+@click.option("--max-triggered-builds", type=int, default=None, help="Triggered builds running at once in the cluster; 0: no limit (default 8).")
+@click.option("--max-triggered-builds-per-namespace", type=int, default=None, help="Triggered builds running at once per namespace; 0: no limit (default 4).")
+def controller(namespace: str | None, builder_image: str | None, insecure: tuple[str, ...], webhook_listen: str | None, poll_interval: float | None,
+               max_triggered_builds: int | None, max_triggered_builds_per_namespace: int | None) -> None:  # fmt: skip
+    """Run the Build controller (until interrupted). Build pod settings come from KILN_* variables.
+
+    Triggers: ImageChange (registry notifications at POST /notifications, authenticated by the
+    bearer token in KILN_NOTIFICATION_TOKEN, and polling), webhooks (POST
+    /webhooks/NAMESPACE/BUILDCONFIG/{generic,github,gitlab,bitbucket}) and ConfigChange.
+    """
     from dataclasses import replace
 
-    from kiln.cluster.controller import run, settings_from_env
+    from kiln.cluster.controller import run, settings_from_env, trigger_settings_from_env
+    from kiln.cluster.fleet import FleetLimits
+
+    env = dict(os.environ)
+    if webhook_listen:
+        env["KILN_WEBHOOK_LISTEN"] = webhook_listen
+    triggers = trigger_settings_from_env(env)
+    if poll_interval is not None:
+        triggers = replace(triggers, poll_interval=poll_interval)
+    cluster_max = triggers.limits.cluster if max_triggered_builds is None else max_triggered_builds
+    ns_max = triggers.limits.namespace if max_triggered_builds_per_namespace is None else max_triggered_builds_per_namespace
+    triggers = replace(triggers, limits=FleetLimits(cluster_max, ns_max))
 
     settings = settings_from_env(dict(os.environ))
     if builder_image:
         settings = replace(settings, builder_image=builder_image)
     if insecure:
         settings = replace(settings, insecure_registries=settings.insecure_registries + insecure)
-    run(settings, namespace)
+    run(settings, namespace, triggers=triggers)
 

@@ -13,22 +13,40 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from kiln.cluster.fleet import FleetLimits
 from kiln.cluster.kube import Kube, KubeError
 from kiln.cluster.models import GROUP, LABEL_BUILD, LABEL_BUILDCONFIG, VERSION
 from kiln.cluster.podtemplate import PodSettings
 from kiln.cluster.reconcile import Reconciler
+from kiln.cluster.triggers.loop import TriggerLoop
 
 log = logging.getLogger("kiln.controller")
 RESYNC_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class TriggerSettings:
+    """The trigger side of the controller (docs/triggers.md)."""
+
+    listen: tuple[str, int] | None = None  # the webhook and notification endpoint; None: none
+    notification_token: str | None = None  # the registry sends "Authorization: Bearer <token>"
+    tls: tuple[str, str] | None = None  # (certificate, key) files
+    poll_interval: float = 120.0  # seconds between digest polls; 0: no polling
+    limits: FleetLimits = field(default_factory=lambda: FleetLimits(cluster=8, namespace=4))
+    rollout_timeout: float = 120.0
+
+
 class _State:
     reconciler: Reconciler | None = None
+    triggers: TriggerLoop | None = None
+    server: Any = None
     settings: PodSettings = PodSettings()
+    trigger_settings: TriggerSettings = TriggerSettings()
     namespace: str | None = None
     stop = threading.Event()
 
@@ -38,8 +56,34 @@ STATE = _State()
 
 def _reconciler() -> Reconciler:
     if STATE.reconciler is None:
-        STATE.reconciler = Reconciler(Kube(), STATE.settings)
+        kube = Kube()
+        STATE.triggers = _trigger_loop(kube)
+        STATE.reconciler = Reconciler(kube, STATE.settings, limits=STATE.trigger_settings.limits, on_complete=STATE.triggers.on_complete)
     return STATE.reconciler
+
+
+def _trigger_loop(kube: Kube) -> TriggerLoop:
+    from kiln.cluster.redeploy import Redeployer, wait_rollout
+    from kiln.cluster.triggers.poller import DigestPoller
+    from kiln.registry.options import RegistryOptions
+
+    ts = STATE.trigger_settings
+    poller = None
+    if ts.poll_interval > 0:
+        options = RegistryOptions(insecure_registries=frozenset(STATE.settings.insecure_registries))
+        poller = DigestPoller(options, interval=ts.poll_interval, on_change=lambda c: log.info("poll: %s is now %s", c.ref, c.new[:19]))
+    redeployer = Redeployer(kube.api)
+
+    def check_rollout(p: Any) -> None:
+        status = wait_rollout(kube.api, p, ts.rollout_timeout)
+        log.info("%s %s/%s: rollout %s: %s", p.kind, p.namespace, p.name, "ok" if status.ok else "not done", status.message)
+
+    def redeploy(image: str, digest: str, cause: str) -> None:
+        for p in redeployer.redeploy(image, digest, cause=cause):
+            log.info("%s %s/%s: container %s now runs %s (%s)", p.kind, p.namespace, p.name, p.container, p.new_image, cause)
+            threading.Thread(target=check_rollout, args=(p,), name="kiln-rollout", daemon=True).start()
+
+    return TriggerLoop(kube, poller, redeploy)
 
 
 @kopf.on.startup()
@@ -50,11 +94,41 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler()
     STATE.stop.clear()
     threading.Thread(target=_resync_loop, name="kiln-resync", daemon=True).start()
+    _start_triggers()
+
+
+def _start_triggers() -> None:
+    loop = STATE.triggers
+    assert loop is not None
+    ts = STATE.trigger_settings
+    threading.Thread(target=loop.run, args=(STATE.stop, ts.poll_interval), name="kiln-triggers", daemon=True).start()
+    loop.kick()
+    if ts.listen is None:
+        return
+    from kiln.cluster.triggers.hooks import WebhookHandler
+    from kiln.cluster.triggers.server import TriggerServer
+
+    server = TriggerServer(ts.listen, on_webhook=WebhookHandler(loop.kube), on_push=loop.on_push, notification_token=ts.notification_token, tls=ts.tls)
+    port = server.start()
+    log.info("webhooks and registry notifications on %s:%d", ts.listen[0], port)
+    STATE.server = server
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
     STATE.stop.set()
+    if STATE.server is not None:
+        STATE.server.stop()
+        STATE.server = None
+
+
+@kopf.on.event(GROUP, VERSION, "buildconfigs")
+def buildconfig_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
+    if namespace is None or type == "DELETED":
+        return
+    _reconciler()
+    assert STATE.triggers is not None
+    STATE.triggers.on_config(namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, "builds")
@@ -101,12 +175,36 @@ def settings_from_env(env: dict[str, str] | None = None) -> PodSettings:
     )
 
 
+def trigger_settings_from_env(env: dict[str, str] | None = None) -> TriggerSettings:
+    """The trigger settings from KILN_* variables (the controller Deployment sets them)."""
+    e = os.environ if env is None else env
+    base = TriggerSettings()
+    listen = None
+    if e.get("KILN_WEBHOOK_LISTEN"):
+        host, _, port = e["KILN_WEBHOOK_LISTEN"].rpartition(":")
+        listen = (host or "0.0.0.0", int(port))
+    cert, key = e.get("KILN_WEBHOOK_TLS_CERT"), e.get("KILN_WEBHOOK_TLS_KEY")
+    return TriggerSettings(
+        listen=listen,
+        notification_token=e.get("KILN_NOTIFICATION_TOKEN") or None,
+        tls=(cert, key) if cert and key else None,
+        poll_interval=float(e.get("KILN_POLL_INTERVAL", base.poll_interval)),
+        limits=FleetLimits(
+            cluster=int(e.get("KILN_MAX_TRIGGERED_BUILDS", base.limits.cluster)),
+            namespace=int(e.get("KILN_MAX_TRIGGERED_BUILDS_PER_NAMESPACE", base.limits.namespace)),
+        ),
+        rollout_timeout=float(e.get("KILN_ROLLOUT_TIMEOUT", base.rollout_timeout)),
+    )
+
+
 def run(settings: PodSettings, namespace: str | None = None, *, stop_flag: threading.Event | None = None,
-        ready_flag: threading.Event | None = None) -> None:  # fmt: skip
+        ready_flag: threading.Event | None = None, triggers: TriggerSettings | None = None) -> None:  # fmt: skip
     """Run the controller until SIGINT/SIGTERM (or ``stop_flag``)."""
     STATE.settings = settings
+    STATE.trigger_settings = triggers or TriggerSettings()
     STATE.namespace = namespace
     STATE.reconciler = None
+    STATE.triggers = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,16 +7,21 @@ create can never make a second Build for it either.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.cluster.kube import ConflictError, Kube, KubeError, NotFoundError
 from kiln.cluster.models import (
     ANNOTATION_NUMBER,
+    ANNOTATION_TRIGGER,
     API_VERSION,
     LABEL_BUILDCONFIG,
     BinaryBuildSource,
     Build,
     BuildConfig,
+    BuildTriggerCause,
     build_spec_from,
 )
 from kiln.errors import UsageError
@@ -25,9 +30,23 @@ MANUAL = "Manually triggered"
 ATTEMPTS = 20
 
 
-def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[str, str] | None = None, binary_artifact: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Trigger:
+    """What a trigger adds to a build: its type, causes, a revision to build, and what the
+    BuildConfig's status records in the same guarded write as the build number."""
+
+    type: str
+    causes: list[BuildTriggerCause]
+    git_ref: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[str, str] | None = None, binary_artifact: str | None = None,
+              trigger: Trigger | None = None) -> dict[str, Any]:  # fmt: skip
     """The Build object for run ``number`` of ``config`` (pure)."""
-    spec = build_spec_from(config.spec, cause, env)
+    spec = build_spec_from(config.spec, trigger.causes if trigger else cause, env)
+    if trigger is not None and trigger.git_ref and spec.source.git is not None:
+        spec.source.git.ref = trigger.git_ref
     if config.spec.source.binary is not None:
         if not binary_artifact:
             raise UsageError(f"buildconfig {config.name} takes binary input: use --from-dir DIR or --from-file FILE")
@@ -42,7 +61,7 @@ def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[s
             "name": f"{config.name}-{number}",
             "namespace": meta.get("namespace"),
             "labels": {LABEL_BUILDCONFIG: config.name},
-            "annotations": {ANNOTATION_NUMBER: str(number)},
+            "annotations": {ANNOTATION_NUMBER: str(number), **({ANNOTATION_TRIGGER: trigger.type} if trigger else {})},
             "ownerReferences": [
                 {"apiVersion": API_VERSION, "kind": "BuildConfig", "name": config.name, "uid": meta.get("uid"), "controller": True, "blockOwnerDeletion": True}
             ],
@@ -51,7 +70,55 @@ def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[s
     }
 
 
-def start_build(kube: Kube, namespace: str, name: str, *, cause: str = MANUAL, env: dict[str, str] | None = None, binary_artifact: str | None = None) -> Build:
+def start_build(kube: Kube, namespace: str, name: str, *, cause: str = MANUAL, env: dict[str, str] | None = None,
+                binary_artifact: str | None = None) -> Build:  # fmt: skip
+    """Start the next build of ``name`` (a user asked for it)."""
+    return _start(kube, namespace, name, cause=cause, env=env, binary_artifact=binary_artifact)
+
+
+def start_triggered(kube: Kube, namespace: str, name: str, fire: Callable[[BuildConfig], Trigger | None]) -> Build | None:
+    """Start the next build of ``name`` if ``fire`` says a trigger fires for the BuildConfig as read.
+
+    Unlike a user's start, the Build is created before the status write that records the number
+    and what the trigger saw, so a controller that dies in between has recorded nothing: the
+    trigger fires again after the restart, finds its Build already there (same number, same
+    causes) and adopts it. Nothing is lost and nothing starts twice. ``fire`` is asked again on
+    every attempt, because a conflicting status write may have recorded the very change that made
+    it fire; None means "no build after all".
+    """
+    for _ in range(ATTEMPTS):
+        config = kube.get_config(namespace, name)
+        if config is None:
+            raise NotFoundError(f"buildconfig {namespace}/{name}: not found")
+        fired = fire(config)
+        if fired is None:
+            return None
+        number = config.status.last_version + 1
+        obj = new_build(config, number, trigger=fired)
+        try:
+            created = Build.model_validate(kube.create(obj))
+        except ConflictError:
+            existing = kube.get_build(namespace, obj["metadata"]["name"])
+            if existing is None:
+                continue
+            if existing.spec.triggered_by != Build.model_validate(obj).spec.triggered_by:
+                # an earlier start that died before recording its number: record the number only
+                # (its own causes are stale, not ours) and take the next one
+                if existing.trigger is not None:
+                    with contextlib.suppress(ConflictError):
+                        kube.patch_status("BuildConfig", namespace, name, str(config.metadata.get("resourceVersion")), {"lastVersion": number})
+                continue
+            created = existing
+        try:
+            kube.patch_status("BuildConfig", namespace, name, str(config.metadata.get("resourceVersion")), {**fired.status, "lastVersion": number})
+        except ConflictError:
+            kube.delete_build(namespace, created.name)  # the number is someone else's now; ours goes, we read again
+            continue
+        return created
+    raise KubeError(f"buildconfig {namespace}/{name}: could not take a build number after {ATTEMPTS} attempts")
+
+
+def _start(kube: Kube, namespace: str, name: str, *, cause: str, env: dict[str, str] | None = None, binary_artifact: str | None = None) -> Build:
     for _ in range(ATTEMPTS):
         config = kube.get_config(namespace, name)
         if config is None:

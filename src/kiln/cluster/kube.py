@@ -96,6 +96,21 @@ class Kube:
                 items = self.api.list(BuildResource, namespace=namespace or "*")
             return [Build.model_validate(to_dict(o)) for o in items]
 
+    def list_configs(self, namespace: str | None = None) -> list[BuildConfig]:
+        with api_errors(f"buildconfigs in {namespace or 'all namespaces'}"):
+            return [BuildConfig.model_validate(to_dict(o)) for o in self.api.list(BuildConfigResource, namespace=namespace or "*")]
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's data, decoded; None if there is no such Secret."""
+        import base64
+
+        from lightkube.resources.core_v1 import Secret
+
+        with contextlib.suppress(NotFoundError), api_errors(f"secret {namespace}/{name}"):
+            secret = to_dict(self.api.get(Secret, name, namespace=namespace))
+            return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+        return None
+
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         with contextlib.suppress(NotFoundError), api_errors(f"pod {namespace}/{name}"):
             return to_dict(self.api.get(Pod, name, namespace=namespace))

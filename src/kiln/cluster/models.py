@@ -23,6 +23,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_BUILDCONFIG = "kiln.dev/buildconfig"
 LABEL_BUILD = "kiln.dev/build"
 ANNOTATION_NUMBER = "kiln.dev/build-number"
+# Set on Builds a trigger started (ImageChange, ConfigChange, GitHub...): they queue for the fleet's
+# triggered-build slots; a build a user started does not.
+ANNOTATION_TRIGGER = "kiln.dev/trigger"
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
@@ -233,18 +236,42 @@ class BuildOutput(_Model):
     image_labels: list[ImageLabel] = Field(default_factory=list)
 
 
-_FREE_FORM: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+WEBHOOK_SECRET_KEY = "WebHookSecretKey"  # the key of a webhook trigger's Secret, as in OpenShift
+
+
+class WebHookTrigger(_Model):
+    secret_reference: LocalObjectReference | None = Field(
+        default=None, description=f"Secret whose key {WEBHOOK_SECRET_KEY} holds the webhook secret (the HMAC key or token)."
+    )
+    branches: list[str] = Field(
+        default_factory=list,
+        description="kiln: glob patterns of the branches whose pushes start a build (default: the branch of source.git.ref, or any when it names none).",
+    )
+
+
+class ImageChangeTrigger(_Model):
+    from_: ImageReference | None = Field(
+        default=None, alias="from", description="The image to watch (default: the strategy's from, or every FROM image of an inline Dockerfile)."
+    )
+    paused: bool = False
 
 
 class BuildTriggerPolicy(_Model):
-    """Stored now, acted on by a later release; the per-type settings are free-form until then."""
-
     type: TriggerType
-    github: dict[str, Any] | None = Field(default=None, json_schema_extra=_FREE_FORM)
-    generic: dict[str, Any] | None = Field(default=None, json_schema_extra=_FREE_FORM)
-    gitlab: dict[str, Any] | None = Field(default=None, json_schema_extra=_FREE_FORM)
-    bitbucket: dict[str, Any] | None = Field(default=None, json_schema_extra=_FREE_FORM)
-    image_change: dict[str, Any] | None = Field(default=None, json_schema_extra=_FREE_FORM)
+    github: WebHookTrigger | None = None
+    generic: WebHookTrigger | None = None
+    gitlab: WebHookTrigger | None = None
+    bitbucket: WebHookTrigger | None = None
+    image_change: ImageChangeTrigger | None = None
+
+    @property
+    def webhook(self) -> WebHookTrigger | None:
+        return {
+            TriggerType.GITHUB: self.github,
+            TriggerType.GENERIC: self.generic,
+            TriggerType.GITLAB: self.gitlab,
+            TriggerType.BITBUCKET: self.bitbucket,
+        }.get(self.type)
 
 
 class ResourceRequirements(_Model):
@@ -288,12 +315,40 @@ class BuildConfigSpec(CommonSpec):
     failed_builds_history_limit: int = Field(default=5, ge=0)
 
 
+class ImageChangeTriggerStatus(_Model):
+    from_: ImageReference = Field(alias="from")
+    last_triggered_image_id: str | None = Field(default=None, alias="lastTriggeredImageID", description="Manifest digest of the image the last build (or the first sight) was for.")
+    last_trigger_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
 class BuildConfigStatus(_Model):
     last_version: int = Field(default=0, ge=0, description="Number of the last Build started from this BuildConfig.")
+    image_change_triggers: list[ImageChangeTriggerStatus] = Field(default_factory=list, description="The last digest seen of every watched image.")
+    observed_generation: int | None = Field(default=None, description="kiln: the metadata.generation the ConfigChange trigger has acted on.")
+
+    def last_image_id(self, ref: str) -> str | None:
+        for t in self.image_change_triggers:
+            if t.from_.name == ref:
+                return t.last_triggered_image_id
+        return None
+
+
+class ImageChangeCause(_Model):
+    from_: ImageReference = Field(alias="from")
+    old_image_id: str | None = Field(default=None, alias="oldImageID", description="kiln: the digest the last build used (none: not seen before).")
+    image_id: str = Field(alias="imageID", description="The new manifest digest that started the build.")
+
+
+class WebHookCause(_Model):
+    type: TriggerType
+    ref: str | None = None
+    commit: str | None = None
 
 
 class BuildTriggerCause(_Model):
     message: str = ""
+    image_change_build: ImageChangeCause | None = None
+    web_hook: WebHookCause | None = None
 
 
 class BuildSpec(CommonSpec):
@@ -392,15 +447,21 @@ class Build(_Model):
     def config_name(self) -> str | None:
         return (self.metadata.get("labels") or {}).get(LABEL_BUILDCONFIG)
 
+    @property
+    def trigger(self) -> str | None:
+        """The trigger type that started this build (None: a user did)."""
+        return (self.metadata.get("annotations") or {}).get(ANNOTATION_TRIGGER)
 
-def build_spec_from(config: CommonSpec, cause: str, env: dict[str, str] | None = None) -> BuildSpec:
+
+def build_spec_from(config: CommonSpec, cause: str | list[BuildTriggerCause], env: dict[str, str] | None = None) -> BuildSpec:
     """A Build's spec: the BuildConfig's spec copied at start, plus why it started.
 
     ``env`` (``kiln start-build --env``) is merged into the strategy's environment, as
     ``oc start-build --env`` does.
     """
     common = {k: v for k, v in config.model_dump(by_alias=False).items() if k in CommonSpec.model_fields}
-    spec = BuildSpec.model_validate({**common, "triggered_by": [{"message": cause}]})
+    causes = [BuildTriggerCause(message=cause)] if isinstance(cause, str) else cause
+    spec = BuildSpec.model_validate({**common, "triggered_by": [c.model_dump(by_alias=False) for c in causes]})
     if env:
         merge_env(spec.strategy, env)
     return spec

@@ -6,12 +6,14 @@ status write refused as stale (409) means "observe again", never "try the action
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from kiln.cluster.fleet import FleetLimits, slot_for
 from kiln.cluster.kube import ConflictError, Kube
 from kiln.cluster.models import Build, BuildConfig, BuildPhase, ConfigReference, RunPolicy
 from kiln.cluster.podtemplate import CONTAINER, PodSettings, build_pod
@@ -53,12 +55,20 @@ def pod_view(pod: dict[str, Any]) -> PodView:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: PodSettings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    """``on_complete`` is called with every Build this reconciler moved to Complete (after the
+    status write, outside any lock): redeploys and downstream triggers hang off it."""
+
+    def __init__(self, kube: Kube, settings: PodSettings, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 limits: FleetLimits | None = None, on_complete: Callable[[Build], None] | None = None) -> None:  # fmt: skip
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        self.limits = limits or FleetLimits()
+        self.on_complete = on_complete
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        # Held while a triggered build is admitted: counting the running ones and starting one is a unit.
+        self._admission = threading.RLock()
 
     def _lock(self, namespace: str, key: str) -> threading.RLock:
         with self._locks_guard:
@@ -73,6 +83,24 @@ class Reconciler:
             decision = self._reconcile_one(namespace, name)
             if decision is not None and (WakeSiblings() in decision.actions or _is_queued(decision, build)):
                 self.wake(namespace, build.config_name)
+        if decision is not None and decision.status is not None and decision.status.phase is not build.status.phase:
+            if build.trigger is not None and decision.status.phase.terminal:
+                self.admit_queued()  # a triggered-build slot is free
+            if decision.status.phase is BuildPhase.COMPLETE and self.on_complete is not None:
+                done = build.model_copy(update={"status": decision.status})
+                try:
+                    self.on_complete(done)
+                except Exception:  # a failed redeploy must not undo the build; the next completion or resync retries
+                    log.exception("build %s/%s: completion hook failed", namespace, name)
+
+    def admit_queued(self) -> None:
+        """Offer free triggered-build slots to queued builds, oldest first."""
+        if self.limits.unlimited:
+            return
+        queued = [b for b in self.kube.list_builds(None) if b.trigger is not None and b.status.phase is BuildPhase.NEW]
+        for b in sorted(queued, key=lambda b: (str(b.metadata.get("creationTimestamp", "")), b.namespace, b.number)):
+            with self._lock(b.namespace, b.config_name or b.name):
+                self._reconcile_one(b.namespace, b.name)
 
     def wake(self, namespace: str, config: str | None) -> None:
         """Queued builds of ``config`` may start or be superseded now; finished ones beyond the history limits go."""
@@ -93,9 +121,11 @@ class Reconciler:
             if build is None or build.metadata.get("deletionTimestamp"):
                 return None
             config = self.kube.get_config(namespace, build.config_name) if build.config_name else None
-            decision = decide(self._observe(build, config))
+            admitting = build.trigger is not None and build.status.phase is BuildPhase.NEW and not self.limits.unlimited
             try:
-                self._act(build, config, decision)
+                with self._admission if admitting else contextlib.nullcontext():
+                    decision = decide(self._observe(build, config, admitting))
+                    self._act(build, config, decision)
             except ConflictError:
                 log.info("build %s/%s changed while deciding; observing again", namespace, name)
                 continue
@@ -103,7 +133,7 @@ class Reconciler:
         log.warning("build %s/%s: gave up after %d conflicting writes; the next event retries", namespace, name, ATTEMPTS)
         return None
 
-    def _observe(self, build: Build, config: BuildConfig | None) -> Observation:
+    def _observe(self, build: Build, config: BuildConfig | None, admitting: bool = False) -> Observation:
         ns = build.namespace
         raw_pod = self.kube.get_pod(ns, pod_name(build.name))
         pod = pod_view(raw_pod) if raw_pod is not None else None
@@ -121,6 +151,7 @@ class Reconciler:
             siblings=siblings,
             run_policy=config.spec.run_policy if config is not None else RunPolicy.SERIAL,
             deadline_seconds=build.spec.completion_deadline_seconds,
+            slot=slot_for(build, self.kube.list_builds(None), self.limits) if admitting else None,
         )
 
     def _with_log_outcome(self, namespace: str, build: str, pod: PodView) -> PodView:

@@ -72,6 +72,10 @@ class Observation:
     siblings: Sequence[Sibling] = ()
     run_policy: RunPolicy = RunPolicy.SERIAL
     deadline_seconds: int | None = None
+    slot: str | None = None  # why a triggered build may not start yet (fleet limits); None: it may
+
+
+REASON_WAITING_FOR_SLOT = "WaitingForTriggeredBuildSlot"
 
 
 # -- actions -----------------------------------------------------------------------------
@@ -164,6 +168,12 @@ def _queued(obs: Observation) -> Decision:
         return _finish(obs, BuildPhase.CANCELLED, "CancelledBuild", message, event="BuildCancelled")
     if not may_start(obs.number, obs.siblings, obs.run_policy):
         return Decision()
+    if obs.slot is not None:
+        if obs.status.reason == REASON_WAITING_FOR_SLOT:
+            return Decision()  # said once; the message need not follow every count
+        waiting = obs.status.model_copy(deep=True)
+        waiting.reason, waiting.message = REASON_WAITING_FOR_SLOT, obs.slot
+        return Decision(waiting)
     status = obs.status.model_copy(deep=True)
     status.phase = BuildPhase.PENDING
     status.pod_name = pod_name(obs.name)

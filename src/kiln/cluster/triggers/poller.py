@@ -113,6 +113,11 @@ class DigestPoller:
             self._known = {k: v for k, v in self._known.items() if k in parsed}
             self._problems = {k: v for k, v in self._problems.items() if k in parsed}
 
+    def watched(self) -> list[str]:
+        """The watched references, normalized."""
+        with self._lock:
+            return list(self._refs)
+
     def seed(self, ref: str, digest: str) -> None:
         """Record ``digest`` as already handled for ``ref``; the latest seed or sighting wins."""
         key = normalize(ref)

@@ -1,0 +1,216 @@
+"""ImageChange triggers, decided in one pure function: BuildConfigs and the digests seen now in, builds to start out.
+
+Every decision is made from stored state (each BuildConfig's ``status.imageChangeTriggers``,
+the phases of its Builds) and the digests the controller sees now, never from what the
+controller remembers. So a restarted controller decides exactly what the stopped one would have:
+a change recorded in a status has been built for, one not recorded has not.
+
+Chains: when a BuildConfig's base is another BuildConfig's output (a builder image and the apps
+built with it), the downstream one waits while anything upstream has a build queued or running,
+or a change of its own still to build. It then builds once, for all its changed bases together,
+after the upstream image has been pushed. That is what makes an update cascade through a chain
+once and in order, even when an app uses both the base and the builder built on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kiln.cluster.models import (
+    BuildConfig,
+    BuildTriggerCause,
+    ImageChangeCause,
+    ImageReference,
+    StrategyType,
+    TriggerType,
+)
+from kiln.cluster.triggers.poller import normalize as poller_normalize
+from kiln.errors import KilnError
+
+Key = tuple[str, str]  # (namespace, name) of a BuildConfig
+
+
+def normalize(ref: str) -> str:
+    """One spelling per image (the poller's): ``busybox`` is ``docker.io/library/busybox:latest``."""
+    try:
+        return poller_normalize(ref)
+    except KilnError:
+        return ref
+
+
+def key(config: BuildConfig) -> Key:
+    return (str(config.metadata.get("namespace", "")), config.name)
+
+
+def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """The images an inline Dockerfile's FROM lines name (not stages, not scratch), in order."""
+    from kiln.frontend.dockerfile.instructions import parse_dockerfile
+    from kiln.frontend.dockerfile.shell import expand
+    from kiln.frontend.dockerfile.stages import resolve_global_args
+
+    try:
+        df = parse_dockerfile(text)
+    except KilnError:
+        return []  # the build itself reports a broken Dockerfile, with its line
+    scope = resolve_global_args(df.meta_args, build_args or {}, escape=df.escape)
+    seen_stages: set[str] = set()
+    out: list[str] = []
+    for stage in df.stages:
+        base = expand(stage.base, scope, df.escape)
+        if base.lower() not in seen_stages and base != "scratch" and "$" not in base:
+            ref = normalize(base)
+            if ref not in out:
+                out.append(ref)
+        if stage.name:
+            seen_stages.add(stage.name)
+    return out
+
+
+def strategy_base(config: BuildConfig) -> list[str]:
+    """What a BuildConfig builds on, when its triggers do not name an image."""
+    strategy = config.spec.strategy
+    named: ImageReference | None = None
+    if strategy.type is StrategyType.DOCKER and strategy.docker_strategy is not None:
+        named = strategy.docker_strategy.from_
+    elif strategy.source_strategy is not None:
+        named = strategy.source_strategy.from_
+    elif strategy.custom_strategy is not None:
+        named = strategy.custom_strategy.from_
+    if named is not None:
+        return [normalize(named.name)]
+    if strategy.type is StrategyType.DOCKER and config.spec.source.dockerfile:
+        args = {
+            a.name: a.value for a in (strategy.docker_strategy.build_args if strategy.docker_strategy else [])
+        }
+        return dockerfile_bases(config.spec.source.dockerfile, args)
+    return []
+
+
+def watched_images(config: BuildConfig) -> list[str]:
+    """The images whose new digests rebuild ``config`` (its unpaused ImageChange triggers)."""
+    out: list[str] = []
+    for t in config.spec.triggers:
+        if t.type is not TriggerType.IMAGE_CHANGE or (t.image_change is not None and t.image_change.paused):
+            continue
+        refs = (
+            [normalize(t.image_change.from_.name)]
+            if t.image_change is not None and t.image_change.from_ is not None
+            else strategy_base(config)
+        )
+        out += [r for r in refs if r not in out]
+    return out
+
+
+def output_image(config: BuildConfig) -> str | None:
+    to = config.spec.output.to
+    return normalize(to.name) if to is not None else None
+
+
+@dataclass(frozen=True)
+class Change:
+    ref: str
+    old: str | None
+    new: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """For one BuildConfig: changes to build for now, or first sights only to record."""
+
+    key: Key
+    changes: tuple[Change, ...] = ()  # non-empty: start a build
+    first_seen: tuple[Change, ...] = ()  # recorded without a build (nothing to compare with yet)
+    waiting_for: tuple[Key, ...] = ()  # upstream BuildConfigs this one waits for
+
+    @property
+    def build(self) -> bool:
+        return bool(self.changes) and not self.waiting_for
+
+
+@dataclass
+class _Graph:
+    configs: dict[Key, BuildConfig]
+    digests: Mapping[str, str]
+    busy: frozenset[Key]
+    producers: dict[str, list[Key]] = field(default_factory=dict)
+    _dirty: dict[Key, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for k, c in self.configs.items():
+            out = output_image(c)
+            if out is not None:
+                self.producers.setdefault(out, []).append(k)
+
+    def changes(self, k: Key) -> tuple[list[Change], list[Change]]:
+        config = self.configs[k]
+        changed: list[Change] = []
+        first: list[Change] = []
+        for ref in watched_images(config):
+            now = self.digests.get(ref)
+            if now is None:
+                continue
+            last = config.status.last_image_id(ref)
+            if last is None:
+                first.append(Change(ref, None, now))
+            elif last != now:
+                changed.append(Change(ref, last, now))
+        return changed, first
+
+    def upstream(self, k: Key) -> list[Key]:
+        config = self.configs[k]
+        ups = [p for ref in watched_images(config) for p in self.producers.get(ref, []) if p != k]
+        return list(dict.fromkeys(ups))
+
+    def dirty(self, k: Key, path: frozenset[Key] = frozenset()) -> bool:
+        """True while ``k`` will still produce a new image: it builds, waits to build, or an
+        upstream of it will. A cycle in the graph counts as not dirty (it would never settle)."""
+        if k in path:
+            return False
+        if k not in self._dirty:
+            own = k in self.busy or bool(self.changes(k)[0])
+            self._dirty[k] = own or any(self.dirty(u, path | {k}) for u in self.upstream(k))
+        return self._dirty[k]
+
+
+def decide(
+    configs: Iterable[BuildConfig], digests: Mapping[str, str], busy: Iterable[Key] = ()
+) -> list[Decision]:
+    """What to do for every BuildConfig with ImageChange triggers.
+
+    ``digests``: the current manifest digest of every image seen (normalized refs);
+    ``busy``: BuildConfigs with a build New, Pending or Running.
+    """
+    graph = _Graph({key(c): c for c in configs}, digests, frozenset(busy))
+    out: list[Decision] = []
+    for k in graph.configs:
+        changed, first = graph.changes(k)
+        if not changed and not first:
+            continue
+        waiting = tuple(u for u in graph.upstream(k) if graph.dirty(u, frozenset({k})))
+        out.append(Decision(k, tuple(changed), tuple(first), waiting))
+    return out
+
+
+def status_after(config: BuildConfig, seen: Sequence[Change], now: str) -> list[dict[str, object]]:
+    """``status.imageChangeTriggers`` with ``seen`` recorded (a merge patch replaces the list whole)."""
+    merged = {t.from_.name: t.to_json_dict() for t in config.status.image_change_triggers}
+    for c in seen:
+        merged[c.ref] = {
+            "from": {"kind": "DockerImage", "name": c.ref},
+            "lastTriggeredImageID": c.new,
+            "lastTriggerTime": now,
+        }
+    return list(merged.values())
+
+
+def causes(changes: Sequence[Change]) -> list[BuildTriggerCause]:
+    return [
+        BuildTriggerCause(
+            message=f"Image change: {c.ref} is now {c.new[:19]}",
+            image_change_build=ImageChangeCause.model_validate(
+                {"from": {"name": c.ref}, "oldImageID": c.old, "imageID": c.new}
+            ),
+        )
+        for c in changes
+    ]

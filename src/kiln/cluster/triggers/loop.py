@@ -1,0 +1,258 @@
+"""The controller's trigger loop: what the registry, the poller, webhooks and finished builds say, turned into builds and redeploys.
+
+Inputs, each from its own thread:
+* registry push notifications and the poller: a tag now points at a new digest;
+* a Build of kiln's reached Complete: its output tag points at the pushed digest (known before
+  any notification arrives, which is what makes a cascade quick), and its workloads redeploy;
+* a BuildConfig's spec changed (ConfigChange);
+* a webhook delivery (see hooks.py).
+
+The digests seen are kept in memory only; what has been acted on lives in each BuildConfig's
+status (see imagechange.py), so a restart loses nothing: the poller's first round, or the next
+notification, tells the new controller the current digests again and it compares them with the
+statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from kiln.cluster.instantiate import Trigger, start_triggered
+from kiln.cluster.kube import ConflictError, Kube, KubeError, NotFoundError
+from kiln.cluster.models import Build, BuildConfig, BuildPhase, BuildTriggerCause, TriggerType
+from kiln.cluster.result import format_time
+from kiln.cluster.triggers import imagechange
+from kiln.cluster.triggers.notifications import PushEvent
+from kiln.cluster.triggers.poller import DigestPoller
+
+log = logging.getLogger("kiln.triggers")
+BUSY = (BuildPhase.NEW, BuildPhase.PENDING, BuildPhase.RUNNING)
+
+
+class TriggerLoop:
+    """Inputs arrive on many threads and return at once; decisions are made on the loop's own
+    thread (:meth:`run`), one evaluation at a time, as often as something new came in."""
+
+    def __init__(self, kube: Kube, poller: DigestPoller | None = None, redeploy: Callable[[str, str, str], object] | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+        self.kube = kube
+        self.poller = poller
+        self.redeploy = redeploy  # (image, digest, cause) -> anything
+        self.clock = clock
+        self._digests: dict[str, str] = {}
+        self._digests_lock = threading.Lock()
+        self._evaluating = threading.Lock()  # one evaluation at a time: decisions read then write statuses
+        self._kicked = threading.Event()
+        self._waiting_logged: set[tuple[imagechange.Key, tuple[imagechange.Key, ...]]] = set()
+
+    def kick(self) -> None:
+        """Ask for an evaluation soon (many kicks while one runs make one more)."""
+        self._kicked.set()
+
+    def run(self, stop: threading.Event, poll_interval: float | None = None) -> None:
+        """Evaluate whenever kicked; with a poller, poll every ``poll_interval`` seconds (± its jitter) too."""
+        import random
+
+        next_poll = 0.0
+        self._guarded(self.catch_up)
+        while not stop.is_set():
+            now = time.monotonic()
+            if self.poller is not None and poll_interval and now >= next_poll:
+                jitter = self.poller.jitter * poll_interval
+                next_poll = now + poll_interval + random.uniform(-jitter, jitter)
+                self._guarded(self.after_poll)
+            elif self._kicked.is_set():
+                self._kicked.clear()
+                self._guarded(self.evaluate)
+            wait = (
+                max(0.05, next_poll - time.monotonic())
+                if self.poller is not None and poll_interval
+                else 3600.0
+            )
+            self._kicked.wait(min(wait, 1.0))
+
+    @staticmethod
+    def _guarded(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:  # the loop must outlive any one bad object or registry
+            log.exception("trigger loop")
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def saw(self, ref: str, digest: str) -> None:
+        """``ref`` (any spelling) points at ``digest`` now."""
+        ref = imagechange.normalize(ref)
+        with self._digests_lock:
+            self._digests[ref] = digest
+        if self.poller is not None:
+            self.poller.seed(ref, digest)  # so its next round reports no stale "change"
+
+    def on_push(self, events: Sequence[PushEvent]) -> None:
+        for e in events:
+            if e.tag:
+                self.saw(f"{e.registry_host}/{e.repository}:{e.tag}", e.digest)
+        if any(e.tag for e in events):
+            self.kick()
+
+    def after_poll(self) -> None:
+        """Fold one poller round into the digests seen, then decide."""
+        assert self.poller is not None
+        for change in self.poller.poll_once():
+            with self._digests_lock:
+                self._digests[change.ref] = change.new
+        with self._digests_lock:
+            for ref in self.poller.watched():
+                now = self.poller.digest(ref)
+                if now is not None and ref not in self._digests:
+                    self._digests[ref] = now  # first sight after a restart: compared with the statuses
+        self.evaluate()
+        self._kicked.clear()
+
+    def on_complete(self, build: Build) -> None:
+        """A build finished: its output tag has a new digest; workloads on it redeploy; chains move on."""
+        digest = build.status.image_digest
+        ref = build.status.output_docker_image_reference or (
+            build.spec.output.to.name if build.spec.output.to else None
+        )
+        if not digest or not ref:
+            return
+        self.saw(ref, digest)
+        self.kick()
+        if self.redeploy is not None:
+            self._redeploy(ref, digest, f"build {build.namespace}/{build.name}")
+
+    def catch_up(self) -> None:
+        """After a start: redeploy each BuildConfig's newest complete build (a no-op where done).
+
+        A controller that died between a build's Complete status and its redeploy would otherwise
+        leave those workloads behind. The digests are not fed to the triggers: a tag may have
+        moved on since, and the registry, not an old build, says where it points now.
+        """
+        if self.redeploy is None:
+            return
+        newest: dict[tuple[str, str], Build] = {}
+        for b in self.kube.list_builds(None):
+            if b.config_name and b.status.phase is BuildPhase.COMPLETE and b.status.image_digest:
+                k = (b.namespace, b.config_name)
+                if k not in newest or b.number > newest[k].number:
+                    newest[k] = b
+        for b in newest.values():
+            ref = b.status.output_docker_image_reference or (
+                b.spec.output.to.name if b.spec.output.to else None
+            )
+            digest = b.status.image_digest
+            if ref and digest:
+                try:
+                    self._redeploy(ref, digest, f"build {b.namespace}/{b.name}")
+                except Exception:  # one workload's trouble does not stop the others' catch-up
+                    log.exception("redeploy after build %s/%s", b.namespace, b.name)
+
+    def _redeploy(self, ref: str, digest: str, cause: str) -> None:
+        assert self.redeploy is not None
+        self.redeploy(imagechange.normalize(ref), digest, cause)
+
+    # -- decisions --------------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """Start every ImageChange build that is due; record first sights."""
+        with self._evaluating:
+            try:
+                configs = self.kube.list_configs()
+                busy = {
+                    (b.namespace, b.config_name)
+                    for b in self.kube.list_builds(None)
+                    if b.config_name and b.status.phase in BUSY
+                }
+            except KubeError as e:
+                log.warning("image triggers: %s", e)
+                return
+            if self.poller is not None:
+                self.poller.watch({ref for c in configs for ref in imagechange.watched_images(c)})
+            with self._digests_lock:
+                digests = dict(self._digests)
+            for d in imagechange.decide(configs, digests, busy):
+                try:
+                    self._carry_out(d, digests, busy)
+                except KubeError as e:
+                    log.warning("buildconfig %s/%s: image trigger: %s", *d.key, e)
+
+    def _carry_out(
+        self, d: imagechange.Decision, digests: dict[str, str], busy: set[tuple[str, str]]
+    ) -> None:
+        ns, name = d.key
+        if d.changes and d.waiting_for:
+            mark = (d.key, d.waiting_for)
+            if mark not in self._waiting_logged:
+                self._waiting_logged.add(mark)
+                ups = ", ".join(f"{n}/{u}" for n, u in d.waiting_for)
+                log.info(
+                    "buildconfig %s/%s: base changed; waiting for upstream %s to build first", ns, name, ups
+                )
+            if not d.first_seen:
+                return
+
+        def fire(config: BuildConfig) -> Trigger | None:
+            # asked again on the BuildConfig as read now: a change recorded meanwhile is not built twice
+            fresh = imagechange.decide([config], digests, busy & {d.key})
+            if not fresh or not fresh[0].build:
+                return None
+            now = format_time(self.clock())
+            changes = fresh[0].changes
+            seen = [*changes, *fresh[0].first_seen]
+            return Trigger(
+                TriggerType.IMAGE_CHANGE.value,
+                imagechange.causes(changes),
+                status={"imageChangeTriggers": imagechange.status_after(config, seen, now)},
+            )
+
+        if d.build:
+            build = start_triggered(self.kube, ns, name, fire)
+            if build is not None:
+                log.info("buildconfig %s/%s: image change started build %s (%s)", ns, name, build.name,
+                         ", ".join(f"{c.ref} {(c.old or '')[:19]} -> {c.new[:19]}" for c in d.changes))  # fmt: skip
+            return
+        self._record_first_sight(ns, name, d.first_seen)
+
+    def _record_first_sight(self, ns: str, name: str, seen: Sequence[imagechange.Change]) -> None:
+        config = self.kube.get_config(ns, name)
+        if config is None:
+            return
+        fresh = [c for c in seen if config.status.last_image_id(c.ref) is None]
+        if not fresh:
+            return
+        status = {"imageChangeTriggers": imagechange.status_after(config, fresh, format_time(self.clock()))}
+        try:
+            self.kube.patch_status(
+                "BuildConfig", ns, name, str(config.metadata.get("resourceVersion")), status
+            )
+        except (ConflictError, NotFoundError):
+            return  # read again at the next evaluation
+        log.info(
+            "buildconfig %s/%s: watching %s", ns, name, ", ".join(f"{c.ref} at {c.new[:19]}" for c in fresh)
+        )
+
+    # -- ConfigChange -----------------------------------------------------------------------------
+    def on_config(self, ns: str, name: str) -> None:
+        """A BuildConfig was created or its spec changed: a ConfigChange trigger builds once per generation."""
+
+        def fire(config: BuildConfig) -> Trigger | None:
+            if not any(t.type is TriggerType.CONFIG_CHANGE for t in config.spec.triggers):
+                return None
+            generation = config.metadata.get("generation")
+            if generation is None or generation == config.status.observed_generation:
+                return None
+            cause = BuildTriggerCause(message=f"Build configuration change (generation {generation})")
+            return Trigger(
+                TriggerType.CONFIG_CHANGE.value, [cause], status={"observedGeneration": generation}
+            )
+
+        try:
+            build = start_triggered(self.kube, ns, name, fire)
+        except NotFoundError:
+            return
+        if build is not None:
+            log.info("buildconfig %s/%s: config change started build %s", ns, name, build.name)
+        self.kick()  # a new or edited BuildConfig may watch new images
