@@ -250,7 +250,7 @@ def test_too_large_is_413_before_the_body_is_read(served: tuple[TriggerServer, R
         started = time.monotonic()
         status, body = raw_request(server.port, request, timeout=5)
         assert status == 413 and str(MAX_BODY) in body["message"]
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4
     assert recorder.webhooks == []
     # Exactly max_body is fine.
     at_limit = b" " * (MAX_BODY - 2) + b"{}"
@@ -282,7 +282,7 @@ def test_a_slow_body_times_out_on_one_deadline(make_server: ServerFactory) -> No
                 continue
         elapsed = time.monotonic() - started
     assert response.startswith(b"HTTP/1.0 408"), response[:40]
-    assert 0.9 < elapsed < 3
+    assert 0.9 < elapsed < 5
     assert recorder.webhooks == []
 
 
@@ -397,7 +397,7 @@ def test_tls(make_server: ServerFactory, tmp_path: Path) -> None:
     with socket.create_connection(("127.0.0.1", server.port)):
         started = time.monotonic()
         assert httpx.get(f"{server.url}/healthz", verify=trust).text == "ok\n"
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4
     body, headers = github_delivery()
     response = httpx.post(f"{server.url}/webhooks/ns/app/github", content=body, headers=headers, verify=trust)
     assert response.status_code == 202 and recorder.webhooks[0][4] == body
