@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from kiln.build.annotations import base_annotations
 from kiln.build.cache import StepCache, step_key
 from kiln.build.config_edit import add_history, apply_change, for_format
 from kiln.build.context import BuildContext
@@ -125,7 +126,9 @@ class Executor:
             if self.options.labels:
                 for k, v in sorted(self.options.labels.items()):
                     apply_change(image.config, ConfigChange("label", [k, v]))
-            desc = write_image(self.store, image, fmt)
+            # Docker's schema2 manifest has no annotations field (BuildKit refuses them there too).
+            annotations = base_annotations(plan, lambda ref: self.resolve_image(ref, plan.platform)) if fmt == "oci" else {}
+            desc = write_image(self.store, image, fmt, annotations)
             exported = self.remote.export()
             if exported is not None:
                 self.log.info(f"cache exported to {self.options.cache_to} ({exported.digest})")

@@ -71,7 +71,7 @@ def write_image(store: Store, image: Image, fmt: str = "oci", annotations: dict[
     config.rootfs.diff_ids = [layer.diff_id for layer in image.layers]
     docker = fmt == "docker"
     config_desc = store.write_json_blob(mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG, config.to_dict())
-    layers = [_layer_for_format(layer, docker) for layer in image.layers]
+    layers = [layer_for_format(layer, docker) for layer in image.layers]
     manifest = Manifest(
         media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST,
         config=config_desc,
@@ -81,7 +81,7 @@ def write_image(store: Store, image: Image, fmt: str = "oci", annotations: dict[
     return store.write_json_blob(manifest.media_type or mt.OCI_MANIFEST, manifest.to_dict())
 
 
-def _layer_for_format(layer: Layer, docker: bool) -> Descriptor:
+def layer_for_format(layer: Layer, docker: bool) -> Descriptor:
     media = layer.media_type
     if docker and media == mt.OCI_LAYER_GZIP:
         media = mt.DOCKER_LAYER_GZIP

@@ -195,6 +195,9 @@ class Plan:
     image_format: Literal["oci", "docker"] = "oci"
     frontend: str = "dockerfile"
     source: str = ""  # what the plan was compiled from (e.g. the Dockerfile's path), for error messages
+    #: the target writes nothing that depends on its base image's files, so its layers stay valid
+    #: on another base (``kiln rebase``); the frontend decides, see docs/rebase.md
+    rebasable: bool = False
 
     def where(self, line: int) -> str:
         """``FILE:LINE`` (or ``line N``) for messages about a step."""

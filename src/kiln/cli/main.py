@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("kiln.cli.images", "prune"),
     "build": ("kiln.cli.build", "build"),
     "run": ("kiln.cli.run", "run"),
+    "rebase": ("kiln.cli.rebase", "rebase"),
     "s2i": ("kiln.cli.s2i", "s2i"),
     "start-build": ("kiln.cli.cluster", "start_build"),
     "logs": ("kiln.cli.cluster", "logs"),

@@ -42,6 +42,7 @@ from kiln.build.plan import (
 from kiln.build.plan import Stage as PlanStage
 from kiln.errors import KilnError
 from kiln.frontend.dockerfile.compile_copy import check_static_from
+from kiln.frontend.dockerfile.compile_rebase import target_rebasable
 from kiln.frontend.dockerfile.compile_stage import compile_stage
 from kiln.frontend.dockerfile.compile_state import Context, StageState, located
 from kiln.frontend.dockerfile.instructions import (
@@ -313,6 +314,7 @@ class _Graph:
             platform=self.platform,
             image_format=image_format,
             frontend="dockerfile",
+            rebasable=target_rebasable(stages, self.target),
         )
 
 
