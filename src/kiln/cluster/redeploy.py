@@ -251,7 +251,7 @@ class Redeployer:
         out: list[Patched] = []
         for kind in KINDS.values():
             for obj in _list(self.client, kind, namespace):
-                if ANNOTATION_TRIGGERS not in ((obj["metadata"].get("annotations")) or {}):
+                if ANNOTATION_TRIGGERS not in (obj["metadata"].get("annotations") or {}):
                     continue
                 try:
                     out += self._workload(kind, obj, image, digest, cause)
@@ -277,7 +277,7 @@ class Redeployer:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 try:
-                    obj = self._get(kind, meta["namespace"], meta["name"])
+                    obj = _get(self.client, kind, meta["namespace"], meta["name"])
                 except NotFoundError:
                     return []  # deleted meanwhile: nothing left to redeploy
                 continue
@@ -324,9 +324,6 @@ class Redeployer:
             result = to_dict(patched)
         result["apiVersion"], result["kind"] = kind.api_version, kind.kind
         return result
-
-    def _get(self, kind: _Kind, namespace: str, name: str) -> dict[str, Any]:
-        return _get(self.client, kind, namespace, name)
 
 
 def _get(client: Client, kind: _Kind, namespace: str, name: str) -> dict[str, Any]:
