@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,17 +77,40 @@ def install(cluster: Any, busybox: str) -> Installed:
     return _installed
 
 
+# The triggers of the e2e controller: fast polling, and a fleet limit the fleet test can observe.
+POLL_INTERVAL = 2.0
+MAX_TRIGGERED_BUILDS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class ControllerProcess:
-    """`kiln controller` as a child process, stopped (and restartable) by PID."""
+    """`kiln controller` as a child process, stopped (and restartable) by PID.
+
+    Its trigger endpoint (webhooks, registry notifications) listens on 127.0.0.1:``trigger_port``,
+    the same port across restarts; registries notify it with ``notification_token``.
+    """
 
     def __init__(self, installed: Installed) -> None:
         self.installed = installed
         self.log_path = Path(tempfile.mkdtemp(prefix="kiln-e2e-controller-log-")) / "controller.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.trigger_port = free_port()
+        self.notification_token = secrets.token_hex(16)
+
+    @property
+    def trigger_url(self) -> str:
+        return f"http://127.0.0.1:{self.trigger_port}"
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.installed.controller_kubeconfig), "KILN_BUILDER_IMAGE": self.installed.builder_image,
-               "PYTHONPATH": str(REPO / "src")}  # fmt: skip
+               "PYTHONPATH": str(REPO / "src"), "KILN_WEBHOOK_LISTEN": f"127.0.0.1:{self.trigger_port}",
+               "KILN_NOTIFICATION_TOKEN": self.notification_token, "KILN_POLL_INTERVAL": str(POLL_INTERVAL),
+               "KILN_MAX_TRIGGERED_BUILDS": str(MAX_TRIGGERED_BUILDS), "KILN_MAX_TRIGGERED_BUILDS_PER_NAMESPACE": str(MAX_TRIGGERED_BUILDS)}  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen([sys.executable, "-m", "kiln", "controller"], env=env, stdout=log, stderr=log, start_new_session=True)
         log.close()

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "get": ("kiln.cli.cluster", "get"),
     "install": ("kiln.cli.cluster", "install"),
     "controller": ("kiln.cli.cluster", "controller"),
+    "rebuild-plan": ("kiln.cli.rebuildplan", "rebuild_plan"),
 }
 
 
