@@ -102,6 +102,12 @@ def _config(registry: Registry, repo: str, manifest: dict[str, object]) -> dict[
     return result
 
 
+def _steps(config: dict[str, object]) -> list[object]:
+    history = config["history"]
+    assert isinstance(history, list)
+    return [h.get("created_by") for h in history]
+
+
 def _annotations(registry: Registry, ref: str) -> dict[str, str]:
     notes = _manifest(registry, ref.removeprefix(registry.host + "/")).get("annotations") or {}
     assert isinstance(notes, dict)
@@ -195,8 +201,7 @@ def test_rebase_equals_full_rebuild_and_uploads_only_the_config(scenario: Scenar
     rebased_cfg, rebuilt_cfg = _config(reg, app_repo, rebased), _config(reg, app_repo, rebuilt)
     assert rebased_cfg["rootfs"] == rebuilt_cfg["rootfs"]  # kiln's layers are deterministic
     assert rebased_cfg["config"] == rebuilt_cfg["config"]
-    steps = [h.get("created_by") for h in rebased_cfg["history"]]  # type: ignore[union-attr]
-    assert steps == [h.get("created_by") for h in rebuilt_cfg["history"]]  # type: ignore[union-attr]
+    assert _steps(rebased_cfg) == _steps(rebuilt_cfg)
 
     one, two = _tree(_unpack(reg, scenario.app, tmp_path / "rebased")), _tree(_unpack(reg, rebuilt_ref, tmp_path / "rebuilt"))
     assert one == two
