@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from kiln.cluster.models import BuildConfig
-from kiln.cluster.triggers.imagechange import Change, causes, decide, dockerfile_bases, status_after, watched_images
+from kiln.cluster.triggers.imagechange import (
+    Change,
+    causes,
+    decide,
+    dockerfile_bases,
+    status_after,
+    watched_images,
+)
 
 REG = "127.0.0.1:5000"
 BASE, BUILDER, APP = f"{REG}/lib/base:1", f"{REG}/lib/builder:latest", f"{REG}/team/app:latest"
@@ -81,3 +88,17 @@ def test_status_after_keeps_other_images_and_causes_name_both_digests() -> None:
     [cause] = causes([Change(BASE, D1, D2)])
     dumped = cause.to_json_dict()
     assert dumped["imageChangeBuild"] == {"from": {"kind": "DockerImage", "name": BASE}, "oldImageID": D1, "imageID": D2}
+
+
+def test_a_rebase_is_asked_only_when_the_one_change_is_the_final_stages_base() -> None:
+    from kiln.cluster.triggers.imagechange import rebase_candidate
+
+    dist = config("dist", f"FROM {BUILDER} AS b\nRUN make\nFROM {BASE}\nCOPY --link --from=b /x /x\n", output=APP)
+    last = f"{REG}/team/app@{D1}"
+    request, _ = rebase_candidate(dist, [Change(BASE, D1, D2)], last)
+    assert request is not None and request.image == last and request.base == BASE
+    assert rebase_candidate(dist, [Change(BUILDER, D1, D2)], last)[0] is None  # the build stage's base: rebuild
+    assert rebase_candidate(dist, [Change(BASE, D1, D2), Change(BUILDER, D1, D2)], last)[0] is None
+    assert rebase_candidate(dist, [Change(BASE, D1, D2)], None)[0] is None  # nothing built yet
+    git = BuildConfig.model_validate({**dist.model_dump(by_alias=True), "spec": {**dist.spec.model_dump(by_alias=True), "source": {"git": {"uri": "https://x/y.git", "ref": "main"}}}})
+    assert rebase_candidate(git, [Change(BASE, D1, D2)], last)[1] == "the source may have changed since the last build"

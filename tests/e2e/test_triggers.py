@@ -292,3 +292,30 @@ def test_rebuild_plan_lists_the_cascade_and_the_workloads(cluster: Any, k: Kube,
     text = e2e.kiln_cli(installed, "rebuild-plan", base, "-n", namespace)
     assert text.returncode == 0 and f"redeploy  Deployment {namespace}/web container app" in text.stdout
     assert k.list_builds(namespace) == []  # a plan starts nothing
+
+
+def test_a_base_change_under_a_final_stage_that_runs_nothing_is_a_rebase(cluster: Any, ctl: e2e.ControllerProcess, k: Kube, namespace: str,
+                                                                         notifying: Registry, installed: e2e.Installed, tmp_path: Path) -> None:  # fmt: skip
+    reg = notifying.host
+    base = f"{reg}/rb/base:1"
+    push_base(tmp_path, reg, "rb/base:1")
+    dockerfile = f"FROM {installed.busybox} AS build\nRUN echo app > /app\nFROM {base}\nCOPY --link --from=build /app /app\nCMD [\"cat\", \"/app\"]\n"
+    e2e.create(k, namespace, buildconfig("dist", dockerfile, f"{reg}/rb/dist:latest", IMAGE_AND_CONFIG))
+    first = e2e.wait_phase(k, namespace, "dist-1", DONE, ctl)
+    assert first.status.phase is BuildPhase.COMPLETE, first.status
+    e2e.create(k, namespace, deployment("dist", "placeholder:1", f"{reg}/rb/dist:latest"))
+    e2e.wait_until("the base watched", lambda: watching(k, namespace, "dist", {base}), 60, ctl.log_tail)
+
+    new_base = push_base(tmp_path, reg, "rb/base:1", fix="CVE-2026-0004")
+    second = e2e.wait_phase(k, namespace, "dist-2", DONE, ctl)
+    assert second.status.phase is BuildPhase.COMPLETE, second.status
+    log = e2e.kiln_cli(installed, "logs", "dist-2", "-n", namespace).stdout
+    assert [s.name for s in second.status.stages] == ["Rebase"], (second.spec.rebase, log[-3000:])  # no FetchInputs, no Build: the layers were swapped
+    assert second.spec.rebase is not None and second.spec.rebase.image == f"{reg}/rb/dist@{first.status.image_digest}"
+    manifest = httpx.get(f"http://{reg}/v2/rb/dist/manifests/latest", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    assert manifest["annotations"]["org.opencontainers.image.base.digest"] == new_base
+    base_layers = httpx.get(f"http://{reg}/v2/rb/base/manifests/1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()["layers"]
+    old_manifest = httpx.get(f"http://{reg}/v2/rb/dist/manifests/{first.status.image_digest}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    assert manifest["layers"][: len(base_layers)] == base_layers and manifest["layers"][-1] == old_manifest["layers"][-1]
+    pinned = f"{reg}/rb/dist@{second.status.image_digest}"
+    e2e.wait_until("the Deployment pinned to the rebased image", lambda: deployment_image(cluster, namespace, "dist") == pinned, 60, ctl.log_tail)

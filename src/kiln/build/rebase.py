@@ -76,6 +76,7 @@ def rebase_image(
     platform: Platform | None = None,
     progress: ProgressSink | None = None,
     report: Callable[[str], None] | None = None,
+    expect_base: str | None = None,
 ) -> RebaseResult:
     """Rebase ``image`` (a registry reference) from its old base onto its new one and write the
     result to ``dest`` (default: ``image``'s own tag).
@@ -84,7 +85,8 @@ def rebase_image(
     annotations; the new base is ``new_base`` or that name's tag as it resolves now. Without
     ``force`` the image must carry ``dev.kiln.image.rebasable: "true"`` and the new base may not
     change runtime config the image also changed. Raises RebaseRefused when the rebase would not
-    be sound; nothing is written then.
+    be sound; nothing is written then. ``expect_base``: refuse unless the image's base name is
+    this image (a trigger that saw one base change must not rebase onto another).
     """
     ref = Reference.parse(image)
     target = Reference.parse(dest) if dest else replace(ref, digest=None)
@@ -97,6 +99,8 @@ def rebase_image(
             raise RebaseRefused(f"{image}: is a multi-platform index; rebase one platform into a tag of its own (--tag)")
         notes = app.remote.manifest.annotations or {}
         old_ref = _old_base_ref(image, old_base, notes)
+        if expect_base is not None and replace(old_ref, digest=None) != replace(Reference.parse(expect_base), digest=None):
+            raise RebaseRefused(f"{image}: its base is {old_ref.name}, not {expect_base}")
         if not force and notes.get(REBASABLE) != "true":
             raise RebaseRefused(
                 f"{image}: not marked rebasable ({REBASABLE}): its build read the base's files; rebuild it, or --force"

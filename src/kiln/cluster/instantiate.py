@@ -22,6 +22,7 @@ from kiln.cluster.models import (
     Build,
     BuildConfig,
     BuildTriggerCause,
+    RebaseRequest,
     build_spec_from,
 )
 from kiln.errors import UsageError
@@ -39,6 +40,7 @@ class Trigger:
     causes: list[BuildTriggerCause]
     git_ref: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    rebase: RebaseRequest | None = None
 
 
 def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[str, str] | None = None, binary_artifact: str | None = None,
@@ -47,6 +49,8 @@ def new_build(config: BuildConfig, number: int, cause: str = MANUAL, env: dict[s
     spec = build_spec_from(config.spec, trigger.causes if trigger else cause, env)
     if trigger is not None and trigger.git_ref and spec.source.git is not None:
         spec.source.git.ref = trigger.git_ref
+    if trigger is not None:
+        spec.rebase = trigger.rebase
     if config.spec.source.binary is not None:
         if not binary_artifact:
             raise UsageError(f"buildconfig {config.name} takes binary input: use --from-dir DIR or --from-file FILE")
@@ -79,12 +83,14 @@ def start_build(kube: Kube, namespace: str, name: str, *, cause: str = MANUAL, e
 def start_triggered(kube: Kube, namespace: str, name: str, fire: Callable[[BuildConfig], Trigger | None]) -> Build | None:
     """Start the next build of ``name`` if ``fire`` says a trigger fires for the BuildConfig as read.
 
-    Unlike a user's start, the Build is created before the status write that records the number
+    Unlike a user's start, the Build is created before the status write that records its number
     and what the trigger saw, so a controller that dies in between has recorded nothing: the
     trigger fires again after the restart, finds its Build already there (same number, same
     causes) and adopts it. Nothing is lost and nothing starts twice. ``fire`` is asked again on
     every attempt, because a conflicting status write may have recorded the very change that made
-    it fire; None means "no build after all".
+    it fire; None means "no build after all". A Build that holds a number the status does not
+    record and is not ours (a start that died, with other causes) has its number recorded, so
+    the next attempt takes the one after it.
     """
     for _ in range(ATTEMPTS):
         config = kube.get_config(namespace, name)
@@ -95,25 +101,22 @@ def start_triggered(kube: Kube, namespace: str, name: str, fire: Callable[[Build
             return None
         number = config.status.last_version + 1
         obj = new_build(config, number, trigger=fired)
+        version = str(config.metadata.get("resourceVersion"))
         try:
             created = Build.model_validate(kube.create(obj))
         except ConflictError:
             existing = kube.get_build(namespace, obj["metadata"]["name"])
-            if existing is None:
+            if existing is None or existing.metadata.get("deletionTimestamp"):
                 continue
-            if existing.spec.triggered_by != Build.model_validate(obj).spec.triggered_by:
-                # an earlier start that died before recording its number: record the number only
-                # (its own causes are stale, not ours) and take the next one
-                if existing.trigger is not None:
-                    with contextlib.suppress(ConflictError):
-                        kube.patch_status("BuildConfig", namespace, name, str(config.metadata.get("resourceVersion")), {"lastVersion": number})
+            if existing.trigger != fired.type or existing.spec.triggered_by != Build.model_validate(obj).spec.triggered_by:
+                with contextlib.suppress(ConflictError):
+                    kube.patch_status("BuildConfig", namespace, name, version, {"lastVersion": number})
                 continue
             created = existing
         try:
-            kube.patch_status("BuildConfig", namespace, name, str(config.metadata.get("resourceVersion")), {**fired.status, "lastVersion": number})
+            kube.patch_status("BuildConfig", namespace, name, version, {**fired.status, "lastVersion": number})
         except ConflictError:
-            kube.delete_build(namespace, created.name)  # the number is someone else's now; ours goes, we read again
-            continue
+            continue  # read again: the next attempt adopts this build, or records its number and moves on
         return created
     raise KubeError(f"buildconfig {namespace}/{name}: could not take a build number after {ATTEMPTS} attempts")
 

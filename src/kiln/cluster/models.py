@@ -147,6 +147,10 @@ class DockerBuildStrategy(_Model):
     no_cache: bool = False
     target: str | None = Field(default=None, description="kiln: build this stage only.")
     pull_secret: LocalObjectReference | None = None
+    rebase: bool = Field(
+        default=True,
+        description="kiln: when an image change touches only the final stage's base and that stage runs nothing on it, swap the base layers instead of rebuilding.",
+    )
 
 
 class SourceBuildStrategy(_Model):
@@ -351,10 +355,16 @@ class BuildTriggerCause(_Model):
     web_hook: WebHookCause | None = None
 
 
+class RebaseRequest(_Model):
+    image: str = Field(description="The last image built (digest-pinned) whose base changed.")
+    base: str = Field(description="The changed base: the image is rebased only if this is its final stage's base.")
+
+
 class BuildSpec(CommonSpec):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_SOURCE_RULE]})
 
     triggered_by: list[BuildTriggerCause] = Field(default_factory=list)
+    rebase: RebaseRequest | None = Field(default=None, description="kiln: try a rebase of this image first; a full build if it cannot be rebased.")
 
 
 class StepInfo(_Model):

@@ -65,8 +65,32 @@ class Stages:
             self.done.append(info)
 
 
+REBASE = "Rebase"  # kiln's stage: the base layers swapped instead of a build (docs/rebase.md)
+
+
+def _try_rebase(spec: BuildSpec, env: BuildEnvironment, stages: Stages) -> BuildOutcome | None:
+    """A rebase the controller asked for; None (build in full) when the image refuses it."""
+    from kiln.build.rebase import rebase_image
+
+    assert spec.rebase is not None and spec.output.to is not None
+    env.say(f"--> Rebase: {spec.rebase.image} onto the new {spec.rebase.base}")
+    try:
+        with stages.stage(REBASE, REASON_PUSH):
+            result = rebase_image(spec.rebase.image, expect_base=spec.rebase.base, dest=spec.output.to.name, options=env.registry, report=env.say)
+    except StageFailedError as e:  # refused (RebaseRefused) or failed: a full build is always right
+        stages.done.clear()
+        env.say(f"--> No rebase, building in full: {e.message}")
+        return None
+    env.say(f"--> Rebased: {result.reference} ({result.reused_layers} layers of the image kept)")
+    return BuildOutcome(ok=True, stages=stages.done, image_digest=result.digest, output_docker_image_reference=result.reference.rsplit("@", 1)[0])
+
+
 def run_build_spec(spec: BuildSpec, env: BuildEnvironment) -> BuildOutcome:
     stages = Stages()
+    if spec.rebase is not None and spec.strategy.type is StrategyType.DOCKER and spec.output.to is not None and env.push:
+        rebased = _try_rebase(spec, env, stages)
+        if rebased is not None:
+            return rebased
     strategy = spec.strategy.type
     image: Descriptor | None = None
     pushed_ref: str | None = None

@@ -22,6 +22,7 @@ from kiln.cluster.models import (
     BuildTriggerCause,
     ImageChangeCause,
     ImageReference,
+    RebaseRequest,
     StrategyType,
     TriggerType,
 )
@@ -43,8 +44,8 @@ def key(config: BuildConfig) -> Key:
     return (str(config.metadata.get("namespace", "")), config.name)
 
 
-def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
-    """The images an inline Dockerfile's FROM lines name (not stages, not scratch), in order."""
+def _stage_bases(text: str, build_args: Mapping[str, str] | None) -> list[str | None]:
+    """Per stage of an inline Dockerfile, the image its FROM names (None: a stage, scratch, or unknown)."""
     from kiln.frontend.dockerfile.instructions import parse_dockerfile
     from kiln.frontend.dockerfile.shell import expand
     from kiln.frontend.dockerfile.stages import resolve_global_args
@@ -55,16 +56,57 @@ def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> 
         return []  # the build itself reports a broken Dockerfile, with its line
     scope = resolve_global_args(df.meta_args, build_args or {}, escape=df.escape)
     seen_stages: set[str] = set()
-    out: list[str] = []
+    out: list[str | None] = []
     for stage in df.stages:
         base = expand(stage.base, scope, df.escape)
-        if base.lower() not in seen_stages and base != "scratch" and "$" not in base:
-            ref = normalize(base)
-            if ref not in out:
-                out.append(ref)
+        image = base.lower() not in seen_stages and base != "scratch" and base != "" and "$" not in base
+        out.append(normalize(base) if image else None)
         if stage.name:
             seen_stages.add(stage.name)
     return out
+
+
+def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """The images an inline Dockerfile's FROM lines name (not stages, not scratch), in order."""
+    return list(dict.fromkeys(b for b in _stage_bases(text, build_args) if b is not None))
+
+
+def final_base(config: BuildConfig) -> str | None:
+    """The image the output's last stage starts from, if a Docker BuildConfig says so without its source."""
+    strategy = config.spec.strategy
+    if strategy.type is not StrategyType.DOCKER:
+        return None
+    docker = strategy.docker_strategy
+    if docker is not None and docker.from_ is not None:
+        return normalize(docker.from_.name)
+    if (docker is not None and docker.target) or not config.spec.source.dockerfile:
+        return None
+    stages = _stage_bases(config.spec.source.dockerfile, {a.name: a.value for a in (docker.build_args if docker else [])})
+    return stages[-1] if stages else None
+
+
+def rebase_candidate(config: BuildConfig, changes: Sequence[Change], last_image: str | None) -> tuple[RebaseRequest | None, str]:
+    """Ask the build pod to try a rebase of ``last_image`` when the one change is the final stage's base.
+
+    Only for sources that cannot have moved since the last build (an inline Dockerfile, or git
+    pinned to a commit); the pod still refuses, and builds in full, unless the image itself says
+    its last stage ran nothing on the base (docs/rebase.md). Returns the request, or why not.
+    """
+    docker = config.spec.strategy.docker_strategy
+    if config.spec.strategy.type is not StrategyType.DOCKER or (docker is not None and not docker.rebase):
+        return None, "not a Docker build that allows rebases"
+    if last_image is None:
+        return None, "no complete build to rebase"
+    if len(changes) != 1:
+        return None, "more than one image changed"
+    source = config.spec.source
+    pinned = source.git is not None and source.git.ref is not None and len(source.git.ref) == 40 and all(c in "0123456789abcdef" for c in source.git.ref)
+    if source.binary is not None or (source.git is not None and not pinned):
+        return None, "the source may have changed since the last build"
+    base = final_base(config)
+    if base is None or base != changes[0].ref:
+        return None, f"{changes[0].ref} is not the final stage's base ({base or 'unknown'})"
+    return RebaseRequest(image=last_image, base=base), "only the final stage's base changed"
 
 
 def strategy_base(config: BuildConfig) -> list[str]:

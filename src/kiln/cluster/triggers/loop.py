@@ -169,6 +169,11 @@ class TriggerLoop:
             except KubeError as e:
                 log.warning("image triggers: %s", e)
                 return
+            for c in configs:
+                try:
+                    self._config_change(c)
+                except KubeError as e:
+                    log.warning("buildconfig %s: config change: %s", c.name, e)
             if self.poller is not None:
                 self.poller.watch({ref for c in configs for ref in imagechange.watched_images(c)})
             with self._digests_lock:
@@ -202,10 +207,13 @@ class TriggerLoop:
             now = format_time(self.clock())
             changes = fresh[0].changes
             seen = [*changes, *fresh[0].first_seen]
+            rebase, why = imagechange.rebase_candidate(config, changes, self._last_image(ns, name))
+            log.info("buildconfig %s/%s: %s (%s)", ns, name, "rebase first" if rebase else "full build", why)
             return Trigger(
                 TriggerType.IMAGE_CHANGE.value,
                 imagechange.causes(changes),
                 status={"imageChangeTriggers": imagechange.status_after(config, seen, now)},
+                rebase=rebase,
             )
 
         if d.build:
@@ -215,6 +223,19 @@ class TriggerLoop:
                          ", ".join(f"{c.ref} {(c.old or '')[:19]} -> {c.new[:19]}" for c in d.changes))  # fmt: skip
             return
         self._record_first_sight(ns, name, d.first_seen)
+
+    def _last_image(self, ns: str, name: str) -> str | None:
+        """The digest-pinned image of the BuildConfig's newest complete build."""
+        complete = [b for b in self.kube.list_builds(ns, name) if b.status.phase is BuildPhase.COMPLETE and b.status.image_digest]
+        if not complete:
+            return None
+        last = max(complete, key=lambda b: b.number)
+        ref, digest = last.status.output_docker_image_reference, last.status.image_digest
+        if not ref or not digest:
+            return None
+        from kiln.cluster.redeploy import pinned
+
+        return pinned(ref.split("@")[0], digest)
 
     def _record_first_sight(self, ns: str, name: str, seen: Sequence[imagechange.Change]) -> None:
         config = self.kube.get_config(ns, name)
@@ -236,23 +257,28 @@ class TriggerLoop:
 
     # -- ConfigChange -----------------------------------------------------------------------------
     def on_config(self, ns: str, name: str) -> None:
-        """A BuildConfig was created or its spec changed: a ConfigChange trigger builds once per generation."""
+        """A BuildConfig was created or changed: evaluate soon (ConfigChange, and the images it watches)."""
+        self.kick()
 
-        def fire(config: BuildConfig) -> Trigger | None:
-            if not any(t.type is TriggerType.CONFIG_CHANGE for t in config.spec.triggers):
+    def _config_change(self, config: BuildConfig) -> None:
+        """A ConfigChange trigger builds once per spec generation (decided on the loop's thread,
+        so it never races an image trigger of the same BuildConfig)."""
+
+        def fire(current: BuildConfig) -> Trigger | None:
+            if not any(t.type is TriggerType.CONFIG_CHANGE for t in current.spec.triggers):
                 return None
-            generation = config.metadata.get("generation")
-            if generation is None or generation == config.status.observed_generation:
+            generation = current.metadata.get("generation")
+            if generation is None or generation == current.status.observed_generation:
                 return None
             cause = BuildTriggerCause(message=f"Build configuration change (generation {generation})")
-            return Trigger(
-                TriggerType.CONFIG_CHANGE.value, [cause], status={"observedGeneration": generation}
-            )
+            return Trigger(TriggerType.CONFIG_CHANGE.value, [cause], status={"observedGeneration": generation})
 
+        if fire(config) is None:
+            return  # the listing says there is nothing to do: no API call
+        ns = str(config.metadata.get("namespace", ""))
         try:
-            build = start_triggered(self.kube, ns, name, fire)
+            build = start_triggered(self.kube, ns, config.name, fire)
         except NotFoundError:
             return
         if build is not None:
-            log.info("buildconfig %s/%s: config change started build %s", ns, name, build.name)
-        self.kick()  # a new or edited BuildConfig may watch new images
+            log.info("buildconfig %s/%s: config change started build %s", ns, config.name, build.name)
