@@ -102,3 +102,14 @@ def test_a_rebase_is_asked_only_when_the_one_change_is_the_final_stages_base() -
     assert rebase_candidate(dist, [Change(BASE, D1, D2)], None)[0] is None  # nothing built yet
     git = BuildConfig.model_validate({**dist.model_dump(by_alias=True), "spec": {**dist.spec.model_dump(by_alias=True), "source": {"git": {"uri": "https://x/y.git", "ref": "main"}}}})
     assert rebase_candidate(git, [Change(BASE, D1, D2)], last)[1] == "the source may have changed since the last build"
+
+
+def test_after_a_restart_nothing_builds_until_every_image_it_built_with_is_known_again() -> None:
+    builder = config("builder", f"FROM {BASE}\n", output=BUILDER, seen={BASE: D2})
+    app = config("app", f"FROM {BUILDER} AS b\nFROM {BASE}\n", seen={BASE: D1, BUILDER: D1})
+    # the builder's build completed (its digest is known); the base has not been polled yet
+    by = {d.key[1]: d for d in decide([builder, app], {BUILDER: D3}, known=set())}
+    assert not by["app"].build and by["app"].unknown == (BASE,)
+    # the first poll round answers: one build, for both changes
+    [d] = decide([builder, app], {BUILDER: D3, BASE: D2}, known={BASE, BUILDER})
+    assert d.build and {c.ref for c in d.changes} == {BASE, BUILDER}

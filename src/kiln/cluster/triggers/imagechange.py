@@ -164,10 +164,11 @@ class Decision:
     changes: tuple[Change, ...] = ()  # non-empty: start a build
     first_seen: tuple[Change, ...] = ()  # recorded without a build (nothing to compare with yet)
     waiting_for: tuple[Key, ...] = ()  # upstream BuildConfigs this one waits for
+    unknown: tuple[str, ...] = ()  # watched images whose digest is not known yet: wait to build all at once
 
     @property
     def build(self) -> bool:
-        return bool(self.changes) and not self.waiting_for
+        return bool(self.changes) and not self.waiting_for and not self.unknown
 
 
 @dataclass
@@ -175,6 +176,7 @@ class _Graph:
     configs: dict[Key, BuildConfig]
     digests: Mapping[str, str]
     busy: frozenset[Key]
+    known: frozenset[str] | None
     producers: dict[str, list[Key]] = field(default_factory=dict)
     _dirty: dict[Key, bool] = field(default_factory=dict)
 
@@ -199,6 +201,14 @@ class _Graph:
                 changed.append(Change(ref, last, now))
         return changed, first
 
+    def unknown(self, k: Key) -> list[str]:
+        """Images ``k`` has built with whose current digest nobody has told us yet (after a restart,
+        until the first poll): building before would build twice, once per image as it arrives."""
+        if self.known is None:
+            return []
+        config = self.configs[k]
+        return [r for r in watched_images(config) if r not in self.known and r not in self.digests and config.status.last_image_id(r) is not None]
+
     def upstream(self, k: Key) -> list[Key]:
         config = self.configs[k]
         ups = [p for ref in watched_images(config) for p in self.producers.get(ref, []) if p != k]
@@ -210,27 +220,28 @@ class _Graph:
         if k in path:
             return False
         if k not in self._dirty:
-            own = k in self.busy or bool(self.changes(k)[0])
+            own = k in self.busy or bool(self.changes(k)[0]) or bool(self.unknown(k))
             self._dirty[k] = own or any(self.dirty(u, path | {k}) for u in self.upstream(k))
         return self._dirty[k]
 
 
 def decide(
-    configs: Iterable[BuildConfig], digests: Mapping[str, str], busy: Iterable[Key] = ()
+    configs: Iterable[BuildConfig], digests: Mapping[str, str], busy: Iterable[Key] = (), known: Iterable[str] | None = None
 ) -> list[Decision]:
     """What to do for every BuildConfig with ImageChange triggers.
 
     ``digests``: the current manifest digest of every image seen (normalized refs);
-    ``busy``: BuildConfigs with a build New, Pending or Running.
+    ``busy``: BuildConfigs with a build New, Pending or Running;
+    ``known``: images whose state has been asked for (polled), found or not; None: all of them.
     """
-    graph = _Graph({key(c): c for c in configs}, digests, frozenset(busy))
+    graph = _Graph({key(c): c for c in configs}, digests, frozenset(busy), None if known is None else frozenset(known))
     out: list[Decision] = []
     for k in graph.configs:
         changed, first = graph.changes(k)
         if not changed and not first:
             continue
         waiting = tuple(u for u in graph.upstream(k) if graph.dirty(u, frozenset({k})))
-        out.append(Decision(k, tuple(changed), tuple(first), waiting))
+        out.append(Decision(k, tuple(changed), tuple(first), waiting, tuple(graph.unknown(k))))
     return out
 
 

@@ -44,6 +44,7 @@ class TriggerLoop:
         self.redeploy = redeploy  # (image, digest, cause) -> anything
         self.clock = clock
         self._digests: dict[str, str] = {}
+        self._polled: set[str] = set()  # asked for at least once since the start, found or not
         self._digests_lock = threading.Lock()
         self._evaluating = threading.Lock()  # one evaluation at a time: decisions read then write statuses
         self._kicked = threading.Event()
@@ -101,6 +102,7 @@ class TriggerLoop:
     def after_poll(self) -> None:
         """Fold one poller round into the digests seen, then decide."""
         assert self.poller is not None
+        self.poller.watch({ref for c in self.kube.list_configs() for ref in imagechange.watched_images(c)})
         for change in self.poller.poll_once():
             with self._digests_lock:
                 self._digests[change.ref] = change.new
@@ -109,6 +111,7 @@ class TriggerLoop:
                 now = self.poller.digest(ref)
                 if now is not None and ref not in self._digests:
                     self._digests[ref] = now  # first sight after a restart: compared with the statuses
+                self._polled.add(ref)
         self.evaluate()
         self._kicked.clear()
 
@@ -178,7 +181,8 @@ class TriggerLoop:
                 self.poller.watch({ref for c in configs for ref in imagechange.watched_images(c)})
             with self._digests_lock:
                 digests = dict(self._digests)
-            for d in imagechange.decide(configs, digests, busy):
+                known = set(self._polled) if self.poller is not None else None
+            for d in imagechange.decide(configs, digests, busy, known):
                 try:
                     self._carry_out(d, digests, busy)
                 except KubeError as e:
