@@ -319,3 +319,17 @@ def test_a_base_change_under_a_final_stage_that_runs_nothing_is_a_rebase(cluster
     assert manifest["layers"][: len(base_layers)] == base_layers and manifest["layers"][-1] == old_manifest["layers"][-1]
     pinned = f"{reg}/rb/dist@{second.status.image_digest}"
     e2e.wait_until("the Deployment pinned to the rebased image", lambda: deployment_image(cluster, namespace, "dist") == pinned, 60, ctl.log_tail)
+
+
+def test_install_creates_the_notification_token_once(k: Kube, namespace: str) -> None:
+    from kiln.cluster.install import notification_secret
+    from kiln.cluster.manifests import InstallOptions
+
+    opts = InstallOptions(namespace=namespace)
+    assert notification_secret(k, opts, dry_run=True) is not None
+    assert k.get_secret_data(namespace, "kiln-notifications") is None  # a dry run writes nothing
+    assert notification_secret(k, opts) is not None
+    token = (k.get_secret_data(namespace, "kiln-notifications") or {})["token"]
+    assert len(token) >= 32
+    assert notification_secret(k, opts) is None  # an install never rotates it
+    assert (k.get_secret_data(namespace, "kiln-notifications") or {})["token"] == token

@@ -10,7 +10,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
 from kiln.cluster.kube import FIELD_MANAGER, Kube, KubeError, api_errors, to_dict
-from kiln.cluster.manifests import InstallOptions, all_objects
+from kiln.cluster.manifests import NOTIFICATION_SECRET, InstallOptions, all_objects
 
 CRD_WAIT_SECONDS = 60.0
 
@@ -21,9 +21,36 @@ def describe(obj: dict[str, Any]) -> str:
     return f"{obj['kind'].lower()}/{where}{meta['name']}"
 
 
+def notification_secret(kube: Kube, opts: InstallOptions, *, dry_run: bool = False) -> dict[str, Any] | None:
+    """The registry-notification token Secret, with a fresh random token, unless it exists (never rotated by an install)."""
+    import secrets
+
+    from lightkube.resources.core_v1 import Secret
+
+    from kiln.cluster.kube import NotFoundError
+
+    try:
+        with api_errors(f"secret/{opts.namespace}/{NOTIFICATION_SECRET}"):
+            kube.api.get(Secret, NOTIFICATION_SECRET, namespace=opts.namespace)
+        return None
+    except NotFoundError:
+        pass
+    obj = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": NOTIFICATION_SECRET, "namespace": opts.namespace},
+           "type": "Opaque", "stringData": {"token": secrets.token_urlsafe(32)}}  # fmt: skip
+    if not dry_run:
+        with api_errors(describe(obj)):
+            kube.api.create(from_dict(obj))
+    return obj
+
+
 def install(kube: Kube, opts: InstallOptions, *, say: Callable[[str], None] = print, dry_run: bool = False) -> list[str]:
-    applied = []
+    applied: list[str] = []
     for obj in all_objects(opts):
+        if obj["kind"] == "Deployment" and (opts.with_controller or opts.with_registry) and not any(a.startswith("secret/") for a in applied):
+            made = notification_secret(kube, opts, dry_run=dry_run)
+            applied.append(f"secret/{opts.namespace}/{NOTIFICATION_SECRET}")
+            if made is not None:
+                say(f"{describe(made)} created{' (dry run)' if dry_run else ''}")
         with api_errors(describe(obj)):
             kube.api.apply(from_dict(obj), field_manager=FIELD_MANAGER, force=True, dry_run=dry_run)
         say(f"{describe(obj)} {'(dry run)' if dry_run else 'applied'}")

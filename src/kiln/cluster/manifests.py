@@ -16,6 +16,10 @@ CONTROLLER = "kiln-controller"
 REGISTRY = "kiln-registry"
 DEFAULT_BUILDER_IMAGE = f"{REGISTRY}.{NAMESPACE}.svc:5000/kiln/builder:latest"
 REGISTRY_IMAGE = "docker.io/library/registry:2"
+# The controller's trigger endpoint (webhooks, registry notifications) and the Secret whose key
+# "token" authenticates the registry's notifications (`kiln install` creates it with a random one).
+TRIGGER_PORT = 8080
+NOTIFICATION_SECRET = "kiln-notifications"
 
 
 @dataclass(frozen=True)
@@ -86,13 +90,29 @@ def _restricted_container() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def controller(opts: InstallOptions) -> dict[str, Any]:
+def _notification_token_env() -> dict[str, Any]:
+    ref = {"name": NOTIFICATION_SECRET, "key": "token", "optional": True}
+    return {"name": "KILN_NOTIFICATION_TOKEN", "valueFrom": {"secretKeyRef": ref}}
+
+
+def controller(opts: InstallOptions) -> list[dict[str, Any]]:
     env = {
         "KILN_BUILDER_IMAGE": opts.builder_image,
         "KILN_POD_HOST_USERS": "true" if opts.host_users else "false",
         "KILN_INSECURE_REGISTRIES": opts.registry_host if opts.with_registry else "",
+        "KILN_WEBHOOK_LISTEN": f"0.0.0.0:{TRIGGER_PORT}",
     }
     labels = {"app.kubernetes.io/name": CONTROLLER, "app.kubernetes.io/part-of": "kiln"}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": CONTROLLER, "namespace": opts.namespace, "labels": labels},
+        "spec": {"selector": {"app.kubernetes.io/name": CONTROLLER}, "ports": [{"name": "triggers", "port": TRIGGER_PORT, "targetPort": TRIGGER_PORT}]},
+    }
+    return [_controller_deployment(opts, env, labels), service]
+
+
+def _controller_deployment(opts: InstallOptions, env: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -110,7 +130,9 @@ def controller(opts: InstallOptions) -> dict[str, Any]:
                             "name": "controller",
                             "image": opts.controller_image or opts.builder_image,
                             "command": ["kiln", "controller"],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "env": [*({"name": k, "value": v} for k, v in env.items()), _notification_token_env()],
+                            "ports": [{"containerPort": TRIGGER_PORT, "name": "triggers"}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": TRIGGER_PORT}},
                             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
                             "securityContext": _restricted_container(),
                         }
@@ -119,6 +141,15 @@ def controller(opts: InstallOptions) -> dict[str, Any]:
             },
         },
     }
+
+
+def _registry_endpoints(opts: InstallOptions) -> str:
+    url = f"http://{CONTROLLER}.{opts.namespace}.svc:{TRIGGER_PORT}/notifications"
+    return (
+        f"- name: kiln\n  url: {url}\n  timeout: 2s\n  threshold: 5\n  backoff: 2s\n"
+        "  headers:\n    Authorization: [\"Bearer $(KILN_NOTIFICATION_TOKEN)\"]\n"
+        "  ignore:\n    mediatypes: [application/octet-stream]\n"
+    )
 
 
 def registry(opts: InstallOptions) -> list[dict[str, Any]]:
@@ -143,6 +174,9 @@ def registry(opts: InstallOptions) -> list[dict[str, Any]]:
                                 "env": [
                                     {"name": "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "value": "/var/lib/registry"},
                                     {"name": "REGISTRY_STORAGE_DELETE_ENABLED", "value": "true"},
+                                    # push notifications to the controller (distribution parses the value as YAML)
+                                    _notification_token_env(),
+                                    {"name": "REGISTRY_NOTIFICATIONS_ENDPOINTS", "value": _registry_endpoints(opts)},
                                 ],
                                 "volumeMounts": [{"name": "data", "mountPath": "/var/lib/registry"}],
                                 "readinessProbe": {"httpGet": {"path": "/v2/", "port": 5000}},
@@ -171,11 +205,11 @@ def all_objects(opts: InstallOptions) -> list[dict[str, Any]]:
     if opts.with_registry:
         objects += registry(opts)
     if opts.with_controller:
-        objects.append(controller(opts))
+        objects += controller(opts)
     return objects
 
 
 def deploy_files(opts: InstallOptions | None = None) -> dict[str, list[dict[str, Any]]]:
     """deploy/<file> -> its documents (the CRDs are written by crdgen separately)."""
     o = opts or InstallOptions()
-    return {"namespace.yaml": [namespace(o)], "rbac.yaml": rbac(o), "controller.yaml": [controller(o)], "registry.yaml": registry(o)}
+    return {"namespace.yaml": [namespace(o)], "rbac.yaml": rbac(o), "controller.yaml": controller(o), "registry.yaml": registry(o)}
