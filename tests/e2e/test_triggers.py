@@ -22,7 +22,14 @@ import pytest
 from kiln.cluster.kube import Kube
 from kiln.cluster.models import Build, BuildPhase
 from tests.cluster import e2e_support as e2e
-from tests.fixtures.images import make_busybox_oci_layout, push_with_skopeo
+from tests.cluster.trigger_support import (
+    IMAGE_AND_CONFIG,
+    buildconfig,
+    deployment,
+    deployment_image,
+    manifest_digest,
+    push_base,
+)
 from tests.fixtures.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -60,39 +67,6 @@ def k(cluster: Any) -> Kube:
     return Kube(cluster.client())
 
 
-def push_base(tmp: Path, registry: str, repo_tag: str, fix: str | None = None) -> str:
-    """A busybox base (``fix``: the content of /etc/security-fix, making a new digest) pushed; its digest."""
-    layout = make_busybox_oci_layout(tmp / f"base-{fix or 'orig'}", extra_files={"etc/security-fix": fix.encode()} if fix else None)
-    push_with_skopeo(layout.layout, registry, repo_tag)
-    return manifest_digest(registry, repo_tag)
-
-
-def manifest_digest(registry: str, repo_tag: str) -> str:
-    repo, _, tag = repo_tag.rpartition(":")
-    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-    r = httpx.head(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
-    r.raise_for_status()
-    return r.headers["Docker-Content-Digest"]
-
-
-def buildconfig(name: str, dockerfile: str, output: str | None, triggers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "BuildConfig",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"dockerfile": dockerfile},
-            "strategy": {"type": "Docker"},
-            "output": {"to": {"kind": "DockerImage", "name": output}} if output else {},
-            "triggers": triggers,
-            **spec,
-        },
-    }
-
-
-IMAGE_AND_CONFIG = [{"type": "ConfigChange"}, {"type": "ImageChange"}]
-
-
 def builds(k: Kube, ns: str, config: str) -> list[Build]:
     return sorted(k.list_builds(ns, config), key=lambda b: b.number)
 
@@ -100,21 +74,6 @@ def builds(k: Kube, ns: str, config: str) -> list[Build]:
 def watching(k: Kube, ns: str, config: str, refs: set[str]) -> bool:
     bc = k.get_config(ns, config)
     return bc is not None and all(bc.status.last_image_id(r) for r in refs)
-
-
-def deployment(name: str, image: str, follows: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "annotations": {"kiln.dev/triggers": json.dumps([{"from": follows, "container": "app"}])}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": image}]}}},
-    }
-
-
-def deployment_image(cluster: Any, ns: str, name: str) -> str:
-    obj = cluster.api().get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
-    return str(obj["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
 def set_up_chain(k: Kube, cluster: Any, ctl: e2e.ControllerProcess, ns: str, reg: str, prefix: str, tmp: Path) -> dict[str, str]:
