@@ -73,7 +73,19 @@ def _exit(code: int | str | None) -> None:
     os._exit(code or 0)
 
 
+#: Optional modules that `import httpx` and httpcore load eagerly whenever they are installed,
+#: for features kiln never uses: httpx's own command line (which drags in rich and pygments) and
+#: HTTP/2 (h2, hpack, hyperframe); together 50-80 ms of every registry command's start-up. kiln's
+#: registry client speaks HTTP/1.1 and lightkube brings its own httpx2/httpcore2 with HTTP/2 off,
+#: so the kiln process marks them absent (a None entry makes ``import`` raise ImportError) and
+#: httpx/httpcore take their documented "extra not installed" fallbacks.
+UNUSED_OPTIONAL_MODULES = ("httpx._main", "h2")
+
+
 def main(argv: list[str] | None = None) -> None:
+    for name in UNUSED_OPTIONAL_MODULES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]  # None: "not installed"
     debug = bool(os.environ.get("KILN_DEBUG"))
     try:
         cli.main(args=argv, prog_name="kiln", standalone_mode=False)

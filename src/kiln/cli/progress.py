@@ -6,19 +6,15 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from kiln.registry.progress import NullProgress
+
+if TYPE_CHECKING:
+    # rich is imported only when bars are drawn: it costs a CLI start-up tens of milliseconds,
+    # and piped, CI and --progress quiet runs never use it.
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 def human_size(n: float) -> str:
@@ -72,6 +68,9 @@ class RichTransferProgress:
     """Live bars with size and speed, one per blob."""
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
