@@ -337,9 +337,7 @@ class PodRunner:
                 if c.state == "running":
                     c.terminated(137, "Error", "")
             if self.stop_reason == "deadline":
-                self.phase = "Failed"
-                self.reason = "DeadlineExceeded"
-                self.message = "Pod was active on the node longer than the specified deadline"
+                self._deadline_exceeded()
         if self.stop_reason in ("deadline", "deleted"):
             self._push()
 
@@ -377,10 +375,19 @@ class PodRunner:
             cond["reason"] = reason
         return cond
 
+    def _deadline_exceeded(self) -> None:
+        self.phase, self.reason = "Failed", "DeadlineExceeded"
+        self.message = "Pod was active on the node longer than the specified deadline"
+
     def status(self) -> Obj:
         with self.lock:
             if self.phase not in ("Succeeded", "Failed"):
-                self.phase = self._phase()
+                if self.stop_reason == "deadline":
+                    # as the kubelet: Failed/DeadlineExceeded from the moment the deadline passed,
+                    # never a bare Failed reported by a container the deadline killed
+                    self._deadline_exceeded()
+                else:
+                    self.phase = self._phase()
             done = self.phase in ("Succeeded", "Failed")
             inits_done = all(c.state == "terminated" and c.exit_code == 0 for c in self.init)
             ready = not done and all(c.ready for c in self.main)
