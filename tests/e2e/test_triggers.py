@@ -88,6 +88,9 @@ def set_up_chain(k: Kube, cluster: Any, ctl: e2e.ControllerProcess, ns: str, reg
     app1 = e2e.wait_phase(k, ns, "app-1", DONE, ctl)
     assert app1.status.phase is BuildPhase.COMPLETE, app1.status
     e2e.create(k, ns, deployment("web", "placeholder:1", refs["app"]))
+    # a workload that starts to follow an image gets its newest build at once (as OpenShift does)
+    first = f"{reg}/{prefix}/app@{app1.status.image_digest}"
+    e2e.wait_until("the new Deployment set to the app's newest build", lambda: deployment_image(cluster, ns, "web") == first, 60, ctl.log_tail)
     e2e.wait_until("the first app build redeployed or the watches recorded",
                    lambda: watching(k, ns, "app", {refs["base"], refs["builder"]}) and watching(k, ns, "builder", {refs["base"]}), 120, ctl.log_tail)  # fmt: skip
     return refs

@@ -122,6 +122,32 @@ def stop(**_: Any) -> None:
         STATE.server = None
 
 
+_WORKLOAD_TRIGGERS = "kiln.dev/triggers"
+_handled_workloads: dict[str, str] = {}  # uid -> the annotation value acted on (status churn is not a change)
+
+
+@kopf.on.event("apps", "v1", "deployments", annotations={_WORKLOAD_TRIGGERS: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "statefulsets", annotations={_WORKLOAD_TRIGGERS: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "daemonsets", annotations={_WORKLOAD_TRIGGERS: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "cronjobs", annotations={_WORKLOAD_TRIGGERS: kopf.PRESENT})
+def workload_event(*, type: str, body: Mapping[str, Any], **_: Any) -> None:
+    meta = body.get("metadata") or {}
+    uid, value = str(meta.get("uid", "")), str((meta.get("annotations") or {}).get(_WORKLOAD_TRIGGERS, ""))
+    if type == "DELETED":
+        _handled_workloads.pop(uid, None)
+        return
+    if not value or _handled_workloads.get(uid) == value:
+        return
+    _reconciler()
+    assert STATE.triggers is not None
+    try:
+        STATE.triggers.on_workload(str(meta.get("namespace", "")), str(meta.get("name", "")), value)
+    except KubeError as e:
+        log.warning("workload %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
+        return
+    _handled_workloads[uid] = value
+
+
 @kopf.on.event(GROUP, VERSION, "buildconfigs")
 def buildconfig_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
     if namespace is None or type == "DELETED":

@@ -154,6 +154,28 @@ class TriggerLoop:
                 except Exception:  # one workload's trouble does not stop the others' catch-up
                     log.exception("redeploy after build %s/%s", b.namespace, b.name)
 
+    def on_workload(self, namespace: str, name: str, annotation: str) -> None:
+        """A workload with kiln.dev/triggers appeared or changed its triggers: give it the image each
+        trigger follows as the newest complete build made it (OpenShift sets it at once too)."""
+        from kiln.cluster.redeploy import parse_triggers
+
+        try:
+            follows = {imagechange.normalize(t.from_) for t in parse_triggers(annotation) if not t.paused}
+        except ValueError:
+            return  # the redeployer reports a broken annotation with an Event when it meets it
+        if not follows or self.redeploy is None:
+            return
+        newest: dict[str, Build] = {}
+        for b in self.kube.list_builds(None):
+            ref = b.status.output_docker_image_reference
+            if ref and b.status.phase is BuildPhase.COMPLETE and b.status.image_digest and imagechange.normalize(ref) in follows:
+                key = imagechange.normalize(ref)
+                if key not in newest or str(b.status.completion_timestamp) > str(newest[key].status.completion_timestamp):
+                    newest[key] = b
+        for ref, b in newest.items():
+            assert b.status.image_digest is not None
+            self._redeploy(ref, b.status.image_digest, f"{namespace}/{name} follows {ref}; newest build {b.namespace}/{b.name}")
+
     def _redeploy(self, ref: str, digest: str, cause: str) -> None:
         assert self.redeploy is not None
         self.redeploy(imagechange.normalize(ref), digest, cause)
