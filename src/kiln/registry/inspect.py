@@ -11,7 +11,7 @@ from kiln.errors import ManifestError
 from kiln.oci import mediatypes as mt
 from kiln.oci.digest import Digest
 from kiln.oci.models import ImageConfig, Index, Manifest, Platform, parse_config, parse_manifest_or_index
-from kiln.registry.blobs import RemoteSource
+from kiln.registry.blobs import RemoteSource, read_exactly
 from kiln.registry.client import RegistryClient, Session
 from kiln.registry.options import RegistryOptions
 from kiln.registry.pull import DEFAULT_PLATFORM, select_platform
@@ -45,7 +45,7 @@ class _Remote:
             raise ManifestError(f"{self._what}: config of {config.size} bytes is too large")
         source = RemoteSource(self._client, config.dgst, config.size, f"{self._what}: config {config.digest}")
         try:
-            data = source.read(0, config.size, threading.Event())
+            data = read_exactly(source, 0, config.size, threading.Event())
             source.verify()
         finally:
             source.close()
