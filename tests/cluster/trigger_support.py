@@ -45,12 +45,14 @@ def buildconfig(name: str, dockerfile: str, output: str | None, triggers: list[d
 
 
 def deployment(name: str, image: str, follows: str) -> dict[str, Any]:
+    """Zero replicas: kube-controller-manager still makes a ReplicaSet per template change (what a
+    rollout check looks at), and no pod of an image made only to be pinned crash-loops on the node."""
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "annotations": {"kiln.dev/triggers": json.dumps([{"from": follows, "container": "app"}])}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": image}]}}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": image}]}}},
     }
 
 
