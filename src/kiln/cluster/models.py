@@ -89,6 +89,11 @@ class GitBuildSource(_Model):
     uri: str = Field(min_length=1, description="Repository URL git can clone (https://, http://, git://, ssh, file://).")
     ref: str | None = Field(default=None, description="Branch, tag or commit to check out (default: the remote HEAD).")
 
+    def ref_is_commit(self, *, abbreviated: bool = False) -> bool:
+        """Whether ``ref`` names a commit (40 hex digits; 7 or more with ``abbreviated``): a ref that cannot move."""
+        ref = self.ref or ""
+        return len(ref) >= (7 if abbreviated else 40) and len(ref) <= 40 and all(c in "0123456789abcdef" for c in ref)
+
 
 class BinaryBuildSource(_Model):
     as_file: str | None = Field(default=None, description="Place the uploaded file under this name instead of unpacking a directory.")

@@ -51,11 +51,7 @@ def _branch_filter(config: BuildConfig, trigger: WebHookTrigger) -> list[str]:
         return list(trigger.branches)
     git = config.spec.source.git
     ref = git.ref if git is not None else None
-    if (
-        not ref
-        or ref.startswith("refs/tags/")
-        or (len(ref) >= 7 and all(c in "0123456789abcdef" for c in ref))
-    ):
+    if git is None or not ref or ref.startswith("refs/tags/") or git.ref_is_commit(abbreviated=True):
         return []  # the remote HEAD, a tag or a commit: any branch push may build
     return [ref.removeprefix("refs/heads/")]
 

@@ -100,8 +100,7 @@ def rebase_candidate(config: BuildConfig, changes: Sequence[Change], last_image:
     if len(changes) != 1:
         return None, "more than one image changed"
     source = config.spec.source
-    pinned = source.git is not None and source.git.ref is not None and len(source.git.ref) == 40 and all(c in "0123456789abcdef" for c in source.git.ref)
-    if source.binary is not None or (source.git is not None and not pinned):
+    if source.binary is not None or (source.git is not None and not source.git.ref_is_commit()):
         return None, "the source may have changed since the last build"
     base = final_base(config)
     if base is None or base != changes[0].ref:
@@ -178,10 +177,12 @@ class _Graph:
     busy: frozenset[Key]
     known: frozenset[str] | None
     producers: dict[str, list[Key]] = field(default_factory=dict)
+    watched: dict[Key, list[str]] = field(default_factory=dict)  # once per evaluation: it parses Dockerfiles
     _dirty: dict[Key, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for k, c in self.configs.items():
+            self.watched[k] = watched_images(c)
             out = output_image(c)
             if out is not None:
                 self.producers.setdefault(out, []).append(k)
@@ -190,7 +191,7 @@ class _Graph:
         config = self.configs[k]
         changed: list[Change] = []
         first: list[Change] = []
-        for ref in watched_images(config):
+        for ref in self.watched[k]:
             now = self.digests.get(ref)
             if now is None:
                 continue
@@ -207,11 +208,10 @@ class _Graph:
         if self.known is None:
             return []
         config = self.configs[k]
-        return [r for r in watched_images(config) if r not in self.known and r not in self.digests and config.status.last_image_id(r) is not None]
+        return [r for r in self.watched[k] if r not in self.known and r not in self.digests and config.status.last_image_id(r) is not None]
 
     def upstream(self, k: Key) -> list[Key]:
-        config = self.configs[k]
-        ups = [p for ref in watched_images(config) for p in self.producers.get(ref, []) if p != k]
+        ups = [p for ref in self.watched[k] for p in self.producers.get(ref, []) if p != k]
         return list(dict.fromkeys(ups))
 
     def dirty(self, k: Key, path: frozenset[Key] = frozenset()) -> bool:

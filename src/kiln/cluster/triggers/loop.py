@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from kiln.cluster.instantiate import Trigger, start_triggered
 from kiln.cluster.kube import ConflictError, Kube, KubeError, NotFoundError
@@ -31,6 +32,26 @@ from kiln.cluster.triggers.poller import DigestPoller
 
 log = logging.getLogger("kiln.triggers")
 BUSY = (BuildPhase.NEW, BuildPhase.PENDING, BuildPhase.RUNNING)
+
+
+def _pushed(build: Build) -> tuple[str, str] | None:
+    """(output tag, digest) of a Complete build that pushed an image; None otherwise."""
+    ref = build.status.output_docker_image_reference or (build.spec.output.to.name if build.spec.output.to else None)
+    digest = build.status.image_digest
+    if build.status.phase is not BuildPhase.COMPLETE or not ref or not digest:
+        return None
+    return ref.split("@")[0], digest
+
+
+def _newest_pushed(builds: Iterable[Build], group: Callable[[Build, str], Hashable | None], order: Callable[[Build], Any]) -> list[tuple[Build, str, str]]:
+    """Per group (None: left out), the newest by ``order`` of the builds that pushed: (build, tag, digest)."""
+    newest: dict[Hashable, tuple[Build, str, str]] = {}
+    for b in builds:
+        pushed = _pushed(b)
+        k = group(b, pushed[0]) if pushed is not None else None
+        if pushed is not None and k is not None and (k not in newest or order(b) > order(newest[k][0])):
+            newest[k] = (b, *pushed)
+    return list(newest.values())
 
 
 class TriggerLoop:
@@ -117,12 +138,10 @@ class TriggerLoop:
 
     def on_complete(self, build: Build) -> None:
         """A build finished: its output tag has a new digest; workloads on it redeploy; chains move on."""
-        digest = build.status.image_digest
-        ref = build.status.output_docker_image_reference or (
-            build.spec.output.to.name if build.spec.output.to else None
-        )
-        if not digest or not ref:
+        pushed = _pushed(build)
+        if pushed is None:
             return
+        ref, digest = pushed
         self.saw(ref, digest)
         self.kick()
         if self.redeploy is not None:
@@ -137,22 +156,12 @@ class TriggerLoop:
         """
         if self.redeploy is None:
             return
-        newest: dict[tuple[str, str], Build] = {}
-        for b in self.kube.list_builds(None):
-            if b.config_name and b.status.phase is BuildPhase.COMPLETE and b.status.image_digest:
-                k = (b.namespace, b.config_name)
-                if k not in newest or b.number > newest[k].number:
-                    newest[k] = b
-        for b in newest.values():
-            ref = b.status.output_docker_image_reference or (
-                b.spec.output.to.name if b.spec.output.to else None
-            )
-            digest = b.status.image_digest
-            if ref and digest:
-                try:
-                    self._redeploy(ref, digest, f"build {b.namespace}/{b.name}")
-                except Exception:  # one workload's trouble does not stop the others' catch-up
-                    log.exception("redeploy after build %s/%s", b.namespace, b.name)
+        per_config = _newest_pushed(self.kube.list_builds(None), lambda b, _ref: (b.namespace, b.config_name) if b.config_name else None, lambda b: b.number)
+        for b, ref, digest in per_config:
+            try:
+                self._redeploy(ref, digest, f"build {b.namespace}/{b.name}")
+            except Exception:  # one workload's trouble does not stop the others' catch-up
+                log.exception("redeploy after build %s/%s", b.namespace, b.name)
 
     def on_workload(self, namespace: str, name: str, annotation: str) -> None:
         """A workload with kiln.dev/triggers appeared or changed its triggers: give it the image each
@@ -165,16 +174,13 @@ class TriggerLoop:
             return  # the redeployer reports a broken annotation with an Event when it meets it
         if not follows or self.redeploy is None:
             return
-        newest: dict[str, Build] = {}
-        for b in self.kube.list_builds(None):
-            ref = b.status.output_docker_image_reference
-            if ref and b.status.phase is BuildPhase.COMPLETE and b.status.image_digest and imagechange.normalize(ref) in follows:
-                key = imagechange.normalize(ref)
-                if key not in newest or str(b.status.completion_timestamp) > str(newest[key].status.completion_timestamp):
-                    newest[key] = b
-        for ref, b in newest.items():
-            assert b.status.image_digest is not None
-            self._redeploy(ref, b.status.image_digest, f"{namespace}/{name} follows {ref}; newest build {b.namespace}/{b.name}")
+
+        def following(_b: Build, ref: str) -> str | None:
+            tag = imagechange.normalize(ref)
+            return tag if tag in follows else None
+
+        for b, ref, digest in _newest_pushed(self.kube.list_builds(None), following, lambda b: str(b.status.completion_timestamp)):
+            self._redeploy(ref, digest, f"{namespace}/{name} follows {imagechange.normalize(ref)}; newest build {b.namespace}/{b.name}")
 
     def _redeploy(self, ref: str, digest: str, cause: str) -> None:
         assert self.redeploy is not None
@@ -252,16 +258,10 @@ class TriggerLoop:
 
     def _last_image(self, ns: str, name: str) -> str | None:
         """The digest-pinned image of the BuildConfig's newest complete build."""
-        complete = [b for b in self.kube.list_builds(ns, name) if b.status.phase is BuildPhase.COMPLETE and b.status.image_digest]
-        if not complete:
-            return None
-        last = max(complete, key=lambda b: b.number)
-        ref, digest = last.status.output_docker_image_reference, last.status.image_digest
-        if not ref or not digest:
-            return None
         from kiln.cluster.redeploy import pinned
 
-        return pinned(ref.split("@")[0], digest)
+        newest = _newest_pushed(self.kube.list_builds(ns, name), lambda _b, _ref: name, lambda b: b.number)
+        return pinned(newest[0][1], newest[0][2]) if newest else None
 
     def _record_first_sight(self, ns: str, name: str, seen: Sequence[imagechange.Change]) -> None:
         config = self.kube.get_config(ns, name)

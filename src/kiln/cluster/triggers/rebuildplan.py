@@ -36,13 +36,14 @@ def plan(image: str, configs: Sequence[BuildConfig]) -> RebuildPlan:
     changed = [start]
     producers: dict[str, str] = {}
     because: dict[tuple[str, str], str] = {}
+    watched = {key(c): watched_images(c) for c in configs}  # once: it parses Dockerfiles
     frontier = [start]
     while frontier:  # breadth first over "watches an image that changes"
         nxt: list[str] = []
         for ref in frontier:
             for c in configs:
                 k = key(c)
-                if k in because or ref not in watched_images(c):
+                if k in because or ref not in watched[k]:
                     continue
                 because[k] = ref
                 out = output_image(c)
@@ -55,7 +56,7 @@ def plan(image: str, configs: Sequence[BuildConfig]) -> RebuildPlan:
     pending: list[Rebuild] = []
     for k, ref in because.items():
         me = f"{k[0]}/{k[1]}"
-        after = tuple(dict.fromkeys(producers[r] for r in watched_images(by_key[k]) if r in producers and producers[r] != me))
+        after = tuple(dict.fromkeys(producers[r] for r in watched[k] if r in producers and producers[r] != me))
         pending.append(Rebuild(k[0], k[1], ref, after, output_image(by_key[k])))
     ordered: list[Rebuild] = []
     placed: set[str] = set()
