@@ -101,7 +101,7 @@ def run(config: BenchConfig) -> Result:
     from tests.cluster import e2e_support as e2e
     from tests.e2e.cluster_fixtures import start_session_cluster
     from tests.fixtures.images import make_busybox_oci_layout, push_with_skopeo
-    from tests.fixtures.registry import Registry
+    from tests.fixtures.registry import Registry, notifications_to
 
     from kiln.cluster.kube import Kube
 
@@ -113,9 +113,8 @@ def run(config: BenchConfig) -> Result:
         push_with_skopeo(busy_layout.layout, cluster.registry, "bench/busybox:latest")
         installed = e2e.install(cluster, cluster.image("bench/busybox:latest"))
         ctl = e2e.controller(installed)
-        endpoint = {"name": "kiln", "url": f"{ctl.trigger_url}/notifications", "headers": {"Authorization": [f"Bearer {ctl.notification_token}"]},
-                    "timeout": "2s", "threshold": 3, "backoff": "1s"}  # fmt: skip
-        with Registry.plain(config.workdir / "notifying", config_overrides={"notifications": {"endpoints": [endpoint]}}) as reg:
+        overrides = notifications_to(f"{ctl.trigger_url}/notifications", ctl.notification_token)
+        with Registry.plain(config.workdir / "notifying", config_overrides=overrides) as reg:
             env = _Env(cluster, ctl, Kube(cluster.client()), config.workdir)
             busybox = installed.busybox
             rebase_df = lambda base: REBASE_DOCKERFILE.format(busybox=busybox, base=base)  # noqa: E731

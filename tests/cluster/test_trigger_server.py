@@ -25,7 +25,7 @@ from kiln.cluster.triggers.server import TriggerServer
 from kiln.cluster.triggers.webhooks import WebhookRejected, parse, verify
 from tests.cluster.test_webhooks import SECRET, SHA, dumps, envelope_event, github_push, sign
 from tests.fixtures.images import make_busybox_oci_layout, push_with_skopeo
-from tests.fixtures.registry import Registry, write_tls_material
+from tests.fixtures.registry import Registry, notifications_to, write_tls_material
 
 TOKEN = "notify-" + "t0ken" * 6
 MAX_BODY = 64 * 1024
@@ -410,18 +410,9 @@ def test_tls(make_server: ServerFactory, tmp_path: Path) -> None:
 
 def test_a_real_registry_push_notifies_the_server(make_server: ServerFactory, tmp_path: Path) -> None:
     server, recorder = make_server()
-    endpoint = {
-        "name": "kiln",
-        "url": f"{server.url}/notifications",
-        "headers": {"Authorization": [f"Bearer {TOKEN}"]},
-        "timeout": "2s",
-        "threshold": 3,
-        "backoff": "500ms",
-    }
     image = make_busybox_oci_layout(tmp_path / "layout", tag="v1")
-    with Registry.plain(
-        tmp_path / "registry", config_overrides={"notifications": {"endpoints": [endpoint]}}
-    ) as reg:
+    overrides = notifications_to(f"{server.url}/notifications", TOKEN, backoff="500ms")
+    with Registry.plain(tmp_path / "registry", config_overrides=overrides) as reg:
         push_with_skopeo(image.layout, reg, "team/notified:v1")
         event = recorder.wait_for_push(lambda e: (e.repository, e.tag) == ("team/notified", "v1"), timeout=20)
         assert event is not None, f"no push event; got {recorder.pushes}\n{reg.log_tail()}"

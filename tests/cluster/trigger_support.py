@@ -1,4 +1,4 @@
-"""Shared by tests/e2e/test_triggers.py and bench/triggers.py: base images pushed, BuildConfigs and
+"""Shared by the e2e tests and bench/triggers.py: base images pushed, BuildConfigs and
 Deployments in the shapes the trigger loop acts on."""
 
 from __future__ import annotations

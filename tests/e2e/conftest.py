@@ -12,6 +12,10 @@ Fixtures:
                                 (tests/fixtures/images.py) pushed to the cluster registry
     builder_image    (session)  the kiln builder image built by kiln from deploy/builder/Dockerfile
                                 and pushed to the cluster registry (skips while it does not exist)
+    installed        (session)  kiln's CRDs and RBAC applied, the builder image built and pushed
+                                (tests/cluster/e2e_support.py)
+    ctl              (session)  `kiln controller` running on the host with the controller's RBAC
+    k                (function) kiln.cluster.kube.Kube with admin credentials
 
 The control-plane binaries are built (once, cached in ~/.cache/kiln-testbin) before the first
 test runs, outside any test's timeout; if they cannot be built (no network) every test using
@@ -28,6 +32,8 @@ import pytest
 from dev import testbin
 from dev.kubeapi import KubeApi
 
+from kiln.cluster.kube import Kube
+from tests.cluster import e2e_support as e2e
 from tests.e2e.cluster_fixtures import (
     Cluster,
     create_namespace,
@@ -99,3 +105,19 @@ def cluster_busybox(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def builder_image(cluster: Cluster) -> str:
     return session_builder_image(cluster)
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster, cluster_busybox: str) -> e2e.Installed:
+    return e2e.install(cluster, cluster_busybox)
+
+
+@pytest.fixture(scope="session")
+def ctl(installed: e2e.Installed) -> Iterator[e2e.ControllerProcess]:
+    yield e2e.controller(installed)
+    e2e.stop_controller()
+
+
+@pytest.fixture
+def k(cluster: Cluster) -> Kube:
+    return Kube(cluster.client())

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from lightkube import ApiError
 from lightkube.codecs import from_dict
@@ -35,31 +34,9 @@ from tests.cluster.builders import (
     s2i_builder_dockerfile,
     source,
 )
+from tests.cluster.trigger_support import manifest_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="session")
-def installed(cluster: Any, cluster_busybox: str) -> e2e.Installed:
-    return e2e.install(cluster, cluster_busybox)
-
-
-@pytest.fixture(scope="session")
-def ctl(installed: e2e.Installed) -> Iterator[e2e.ControllerProcess]:
-    yield e2e.controller(installed)
-    e2e.stop_controller()
-
-
-@pytest.fixture
-def k(cluster: Any) -> Kube:
-    return Kube(cluster.client())
-
-
-def digest_in_registry(registry: str, ref: str) -> str:
-    repo, _, tag = ref.removeprefix(f"{registry}/").rpartition(":")
-    r = httpx.head(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    r.raise_for_status()
-    return r.headers["Docker-Content-Digest"]
 
 
 def run_build(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, bc: dict[str, Any], *args: str,
@@ -78,7 +55,7 @@ def assert_complete(k: Kube, installed: e2e.Installed, namespace: str, name: str
     st = build.status
     assert st.phase is BuildPhase.COMPLETE
     assert [s.name for s in st.stages] == stages
-    assert st.image_digest == digest_in_registry(installed.registry, output)
+    assert st.image_digest == manifest_digest(installed.registry, output.removeprefix(f"{installed.registry}/"))
     assert st.output_docker_image_reference == output
     assert st.pod_name == f"{name}-build"
     assert st.config is not None and st.config.name == build.config_name

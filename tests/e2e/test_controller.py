@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,22 +17,6 @@ from tests.cluster import e2e_support as e2e
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 DONE = {BuildPhase.COMPLETE, BuildPhase.FAILED, BuildPhase.ERROR, BuildPhase.CANCELLED}
-
-
-@pytest.fixture(scope="session")
-def installed(cluster: Any, cluster_busybox: str) -> e2e.Installed:
-    return e2e.install(cluster, cluster_busybox)
-
-
-@pytest.fixture(scope="session")
-def ctl(installed: e2e.Installed) -> Iterator[e2e.ControllerProcess]:
-    yield e2e.controller(installed)
-    e2e.stop_controller()
-
-
-@pytest.fixture
-def k(cluster: Any) -> Kube:
-    return Kube(cluster.client())
 
 
 def sleeper(name: str, busybox: str, seconds: int, *, exit_code: int = 0, **spec: Any) -> dict[str, Any]:

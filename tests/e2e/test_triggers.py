@@ -30,41 +30,18 @@ from tests.cluster.trigger_support import (
     manifest_digest,
     push_base,
 )
-from tests.fixtures.registry import Registry
+from tests.fixtures.registry import Registry, notifications_to
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 DONE = {BuildPhase.COMPLETE, BuildPhase.FAILED, BuildPhase.ERROR, BuildPhase.CANCELLED}
 
 
-@pytest.fixture(scope="session")
-def installed(cluster: Any, cluster_busybox: str) -> e2e.Installed:
-    return e2e.install(cluster, cluster_busybox)
-
-
-@pytest.fixture(scope="session")
-def ctl(installed: e2e.Installed) -> Iterator[e2e.ControllerProcess]:
-    yield e2e.controller(installed)
-    e2e.stop_controller()
-
-
 @pytest.fixture(scope="module")
 def notifying(ctl: e2e.ControllerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A registry that tells the controller about every push, as a real deployment's would."""
-    endpoint = {
-        "name": "kiln",
-        "url": f"{ctl.trigger_url}/notifications",
-        "headers": {"Authorization": [f"Bearer {ctl.notification_token}"]},
-        "timeout": "2s",
-        "threshold": 3,
-        "backoff": "1s",
-    }
-    with Registry.plain(tmp_path_factory.mktemp("notifying-registry"), config_overrides={"notifications": {"endpoints": [endpoint]}}) as reg:
+    overrides = notifications_to(f"{ctl.trigger_url}/notifications", ctl.notification_token)
+    with Registry.plain(tmp_path_factory.mktemp("notifying-registry"), config_overrides=overrides) as reg:
         yield reg
-
-
-@pytest.fixture
-def k(cluster: Any) -> Kube:
-    return Kube(cluster.client())
 
 
 def builds(k: Kube, ns: str, config: str) -> list[Build]:
