@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tests.cli.buildkit import BUSYBOX_BASE, BuilderWorkspace
@@ -105,23 +100,6 @@ def run_in(ws: BuilderWorkspace, ref: str, *cmd: str) -> str:
     return done.stdout
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def http_dir(root: Path) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1 (a random port); yields the base URL; stopped afterwards."""
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def git(repo: Path, *args: str) -> str:

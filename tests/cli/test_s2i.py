@@ -23,12 +23,12 @@ from tests.cli.s2ikit import (
     build_builder,
     builder_dockerfile,
     git,
-    http_dir,
     image_config,
     run_in,
     s2i,
     s2i_build,
 )
+from tests.fixtures.httpdir import http_dir
 from tests.fixtures.registry import Registry, RepoNamer
 from tests.fixtures.rootless import Rootless
 

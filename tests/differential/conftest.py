@@ -3,16 +3,11 @@ loopback HTTP server for ``ADD <url>``, and a builder-owned secret file."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +15,7 @@ from tests.differential.builders import Buildah, DiffEnv, Kiln
 from tests.differential.cases import CASES, Case
 from tests.differential.context import tar_bytes
 from tests.differential.harness import Pair, build_case
+from tests.fixtures.httpdir import http_dir
 from tests.fixtures.images import make_busybox_oci_layout, push_with_skopeo
 from tests.fixtures.registry import Registry
 from tests.fixtures.rootless import Rootless
@@ -40,31 +36,12 @@ URL_FILES: dict[str, bytes] = {
 }
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _http_server(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture(scope="session")
 def url_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("diff-http")
     for name, data in URL_FILES.items():
         (directory / name).write_bytes(data)
-    with _http_server(directory) as url:
+    with http_dir(directory) as url:
         yield url
 
 
