@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ def install(cluster: Any, busybox: str) -> Installed:
 # The triggers of the e2e controller: fast polling, and a fleet limit the fleet test can observe.
 POLL_INTERVAL = 2.0
 MAX_TRIGGERED_BUILDS = 4
+WATCHDOG_SECONDS = 120.0  # well above any healthy unit of work here, well below the tests' waits
 
 
 def free_port() -> int:
@@ -93,6 +95,11 @@ class ControllerProcess:
 
     Its trigger endpoint (webhooks, registry notifications) listens on 127.0.0.1:``trigger_port``,
     the same port across restarts; registries notify it with ``notification_token``.
+
+    Like the kubelet under the controller's Deployment, a supervisor thread starts it again when
+    it exits without being told to (its watchdog exits a wedged controller, see
+    kiln.cluster.watchdog); each such exit is kept in ``unexpected_exits`` and reported at the
+    end of the session.
     """
 
     def __init__(self, installed: Installed) -> None:
@@ -101,6 +108,10 @@ class ControllerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.trigger_port = free_port()
         self.notification_token = secrets.token_hex(16)
+        self.unexpected_exits: list[str] = []
+        self._lock = threading.RLock()
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def trigger_url(self) -> str:
@@ -110,31 +121,67 @@ class ControllerProcess:
         env = {**os.environ, "KUBECONFIG": str(self.installed.controller_kubeconfig), "KILN_BUILDER_IMAGE": self.installed.builder_image,
                "PYTHONPATH": str(REPO / "src"), "KILN_WEBHOOK_LISTEN": f"127.0.0.1:{self.trigger_port}",
                "KILN_NOTIFICATION_TOKEN": self.notification_token, "KILN_POLL_INTERVAL": str(POLL_INTERVAL),
-               "KILN_MAX_TRIGGERED_BUILDS": str(MAX_TRIGGERED_BUILDS), "KILN_MAX_TRIGGERED_BUILDS_PER_NAMESPACE": str(MAX_TRIGGERED_BUILDS)}  # fmt: skip
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen([sys.executable, "-m", "kiln", "controller"], env=env, stdout=log, stderr=log, start_new_session=True)
-        log.close()
+               "KILN_MAX_TRIGGERED_BUILDS": str(MAX_TRIGGERED_BUILDS), "KILN_MAX_TRIGGERED_BUILDS_PER_NAMESPACE": str(MAX_TRIGGERED_BUILDS),
+               "KILN_WATCHDOG_SECONDS": str(WATCHDOG_SECONDS)}  # fmt: skip
+        with self._lock:
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+            self.proc = subprocess.Popen([sys.executable, "-m", "kiln", "controller"], env=env, stdout=log, stderr=log, start_new_session=True)
+            log.close()
+            if self._supervisor is None:
+                self._stopping.clear()
+                self._supervisor = threading.Thread(target=self._supervise, name="e2e-controller-supervisor", daemon=True)
+                self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                if self.proc is None or self.proc.poll() is None:
+                    continue
+                code = self.proc.returncode
+                self.unexpected_exits.append(f"{time.strftime('%H:%M:%S')} pid {self.proc.pid} exited with {code}")
+                with open(self.log_path, "a") as log:
+                    log.write(f"=== e2e supervisor: the controller exited with {code} unasked; starting it again ===\n")
+                self.start()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
+        self._stopping.set()
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+            self.proc = None
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+            self._supervisor = None
+
+    def status(self) -> str:
+        with self._lock:
+            proc = self.proc
+        now = "not started" if proc is None else f"pid {proc.pid} " + ("running" if proc.poll() is None else f"exited with {proc.returncode}")
+        return f"controller: {now}; unexpected exits: {'; '.join(self.unexpected_exits) or 'none'}"
 
     def log_tail(self, lines: int = 80) -> str:
+        with self._lock:
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGUSR1)  # every thread's stack into the log (see controller.run)
+            time.sleep(0.5)
+            lines += 150
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
-            return ""
+            text = ""
+        return f"{self.status()}\n{text}"
 
 
 def controller(installed: Installed) -> ControllerProcess:

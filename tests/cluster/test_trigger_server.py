@@ -143,6 +143,23 @@ def test_healthz(served: tuple[TriggerServer, Recorder]) -> None:
     assert post.json()["status"] == "Failure"
 
 
+def test_healthz_reports_what_the_health_check_says_is_stuck() -> None:
+    problem: list[str] = []
+    server = TriggerServer(("127.0.0.1", 0), on_webhook=Recorder().on_webhook, on_push=lambda _e: None, notification_token=None,
+                           health=lambda: problem[0] if problem else None)  # fmt: skip
+    server.start()
+    try:
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        problem.append("resync in flight for 301 s")
+        stuck = httpx.get(f"{server.url}/healthz")
+        assert stuck.status_code == 503
+        assert stuck.json() == {"status": "Failure", "message": "resync in flight for 301 s"}
+        problem.clear()
+        assert httpx.get(f"{server.url}/healthz").text == "ok\n"
+    finally:
+        server.stop()
+
+
 def test_a_signed_webhook_reaches_the_callback(served: tuple[TriggerServer, Recorder]) -> None:
     server, recorder = served
     body, headers = github_delivery()

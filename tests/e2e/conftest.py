@@ -25,6 +25,7 @@ test runs, outside any test's timeout; if they cannot be built (no network) ever
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,8 +115,11 @@ def installed(cluster: Cluster, cluster_busybox: str) -> e2e.Installed:
 
 @pytest.fixture(scope="session")
 def ctl(installed: e2e.Installed) -> Iterator[e2e.ControllerProcess]:
-    yield e2e.controller(installed)
+    proc = e2e.controller(installed)
+    yield proc
     e2e.stop_controller()
+    if proc.unexpected_exits:  # the supervisor restarted it, as a kubelet would; say so at the end of the run
+        warnings.warn(f"the e2e controller exited unasked and was restarted: {'; '.join(proc.unexpected_exits)} (log: {proc.log_path})", stacklevel=1)
 
 
 @pytest.fixture

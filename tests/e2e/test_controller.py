@@ -167,3 +167,25 @@ def test_events_and_owner_references(installed: e2e.Installed, ctl: e2e.Controll
 
     k.api.delete(BuildConfigResource, "owned", namespace=namespace)
     e2e.wait_until("builds and pods collected", lambda: not k.list_builds(namespace, "owned") and k.get_pod(namespace, pod_name("owned-1")) is None)
+
+
+def test_healthz_and_a_stack_dump_on_request(ctl: e2e.ControllerProcess) -> None:
+    """/healthz (the Deployment's probes) answers from the watchdog; SIGUSR1 writes every thread's
+    stack to the log and the controller goes on."""
+    import os
+    import signal
+
+    import httpx
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{ctl.trigger_url}/healthz", timeout=5).text == "ok\n"
+        except httpx.HTTPError:
+            return False  # still starting
+
+    e2e.wait_until("controller /healthz", healthy, diagnose=ctl.log_tail)
+    assert ctl.proc is not None
+    offset = ctl.log_path.stat().st_size
+    os.kill(ctl.proc.pid, signal.SIGUSR1)
+    e2e.wait_until("a stack dump in the log", lambda: "_resync_loop" in ctl.log_path.read_text(errors="replace")[offset:], timeout=30)
+    assert ctl.proc.poll() is None and healthy()

@@ -205,8 +205,10 @@ def install(builder_image: str | None, install_ns: str | None, host_users: bool,
 @click.option("--poll-interval", type=float, default=None, help="Seconds between polls of watched image tags; 0: no polling (env KILN_POLL_INTERVAL, default 120).")
 @click.option("--max-triggered-builds", type=int, default=None, help="Triggered builds running at once in the cluster; 0: no limit (default 8).")
 @click.option("--max-triggered-builds-per-namespace", type=int, default=None, help="Triggered builds running at once per namespace; 0: no limit (default 4).")
+@click.option("--watchdog-seconds", type=click.FloatRange(min=0), default=300.0, envvar="KILN_WATCHDOG_SECONDS", show_default=True,
+              help="Exit (code 3, to be restarted) when work stays in flight this long; 0: off (env KILN_WATCHDOG_SECONDS).")  # fmt: skip
 def controller(namespace: str | None, builder_image: str | None, insecure: tuple[str, ...], webhook_listen: str | None, poll_interval: float | None,
-               max_triggered_builds: int | None, max_triggered_builds_per_namespace: int | None) -> None:  # fmt: skip
+               max_triggered_builds: int | None, max_triggered_builds_per_namespace: int | None, watchdog_seconds: float) -> None:  # fmt: skip
     """Run the Build controller (until interrupted). Build pod settings come from KILN_* variables.
 
     Triggers: ImageChange (registry notifications at POST /notifications, authenticated by the
@@ -233,5 +235,5 @@ def controller(namespace: str | None, builder_image: str | None, insecure: tuple
         settings = replace(settings, builder_image=builder_image)
     if insecure:
         settings = replace(settings, insecure_registries=settings.insecure_registries + insecure)
-    run(settings, namespace, triggers=triggers)
+    run(settings, namespace, triggers=triggers, watchdog_seconds=watchdog_seconds)
 

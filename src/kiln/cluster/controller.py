@@ -9,8 +9,12 @@ A resync thread reconciles unfinished builds every few seconds (deadlines, misse
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import logging
 import os
+import signal
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from kiln.cluster.models import GROUP, LABEL_BUILD, LABEL_BUILDCONFIG, VERSION
 from kiln.cluster.podtemplate import PodSettings
 from kiln.cluster.reconcile import Reconciler
 from kiln.cluster.triggers.loop import TriggerLoop
+from kiln.cluster.watchdog import Watchdog
 
 log = logging.getLogger("kiln.controller")
 RESYNC_SECONDS = 5.0
@@ -43,6 +48,7 @@ class TriggerSettings:
 
 class _State:
     reconciler: Reconciler | None = None
+    watchdog: Watchdog | None = None
     triggers: TriggerLoop | None = None
     server: Any = None
     settings: PodSettings = PodSettings()
@@ -52,6 +58,22 @@ class _State:
 
 
 STATE = _State()
+WEDGED_EXIT_CODE = 3
+
+
+def _tracked(what: str) -> contextlib.AbstractContextManager[None]:
+    """One unit of work the watchdog keeps an eye on (see watchdog.py)."""
+    return STATE.watchdog.track(what) if STATE.watchdog is not None else contextlib.nullcontext()
+
+
+def _wedged(problem: str) -> None:
+    """Crash-only recovery: say what is stuck, dump every thread's stack, exit to be restarted."""
+    log.error("controller wedged: %s; every thread's stack follows; exiting to be restarted", problem)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os._exit(WEDGED_EXIT_CODE)  # not sys.exit: a wedged thread may never let an orderly exit finish
 
 
 def _reconciler() -> Reconciler:
@@ -83,7 +105,7 @@ def _trigger_loop(kube: Kube) -> TriggerLoop:
             log.info("%s %s/%s: container %s now runs %s (%s)", p.kind, p.namespace, p.name, p.container, p.new_image, cause)
             threading.Thread(target=check_rollout, args=(p,), name="kiln-rollout", daemon=True).start()
 
-    return TriggerLoop(kube, poller, redeploy)
+    return TriggerLoop(kube, poller, redeploy, track=_tracked)
 
 
 @kopf.on.startup()
@@ -94,7 +116,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler()
     STATE.stop.clear()
     threading.Thread(target=_resync_loop, name="kiln-resync", daemon=True).start()
+    if STATE.watchdog is not None:
+        threading.Thread(target=STATE.watchdog.run, args=(STATE.stop, _wedged), name="kiln-watchdog", daemon=True).start()
     _start_triggers()
+
+
+@kopf.on.startup()
+async def watch_event_loop(**_: Any) -> None:
+    if STATE.watchdog is not None:
+        STATE.watchdog.watch_loop(asyncio.get_running_loop())
 
 
 def _start_triggers() -> None:
@@ -108,7 +138,9 @@ def _start_triggers() -> None:
     from kiln.cluster.triggers.hooks import WebhookHandler
     from kiln.cluster.triggers.server import TriggerServer
 
-    server = TriggerServer(ts.listen, on_webhook=WebhookHandler(loop.kube), on_push=loop.on_push, notification_token=ts.notification_token, tls=ts.tls)
+    health = STATE.watchdog.problem if STATE.watchdog is not None else None
+    server = TriggerServer(ts.listen, on_webhook=WebhookHandler(loop.kube), on_push=loop.on_push, notification_token=ts.notification_token,
+                           tls=ts.tls, health=health)  # fmt: skip
     port = server.start()
     log.info("webhooks and registry notifications on %s:%d", ts.listen[0], port)
     STATE.server = server
@@ -141,7 +173,8 @@ def workload_event(*, type: str, body: Mapping[str, Any], **_: Any) -> None:
     _reconciler()
     assert STATE.triggers is not None
     try:
-        STATE.triggers.on_workload(str(meta.get("namespace", "")), str(meta.get("name", "")), value)
+        with _tracked(f"workload {meta.get('namespace')}/{meta.get('name')}"):
+            STATE.triggers.on_workload(str(meta.get("namespace", "")), str(meta.get("name", "")), value)
     except KubeError as e:
         log.warning("workload %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         return
@@ -161,23 +194,26 @@ def buildconfig_event(*, type: str, name: str, namespace: str | None, **_: Any) 
 def build_event(*, type: str, name: str, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     if namespace is None:
         return
-    if type == "DELETED":
-        _reconciler().wake(namespace, labels.get(LABEL_BUILDCONFIG))  # a deleted build frees its queue slot
-        return
-    _reconciler().reconcile(namespace, name)
+    with _tracked(f"build {namespace}/{name} ({type or 'listed'})"):
+        if type == "DELETED":
+            _reconciler().wake(namespace, labels.get(LABEL_BUILDCONFIG))  # a deleted build frees its queue slot
+            return
+        _reconciler().reconcile(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_BUILD: kopf.PRESENT})
 def pod_event(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     if namespace is None:
         return
-    _reconciler().reconcile(namespace, labels[LABEL_BUILD])
+    with _tracked(f"pod of build {namespace}/{labels[LABEL_BUILD]}"):
+        _reconciler().reconcile(namespace, labels[LABEL_BUILD])
 
 
 def _resync_loop() -> None:
     while not STATE.stop.wait(RESYNC_SECONDS):
         try:
-            _reconciler().resync(STATE.namespace)
+            with _tracked("resync"):
+                _reconciler().resync(STATE.namespace)
         except KubeError as e:
             log.warning("resync: %s", e)
         except Exception:  # the loop must outlive any one bad object
@@ -224,13 +260,24 @@ def trigger_settings_from_env(env: dict[str, str] | None = None) -> TriggerSetti
 
 
 def run(settings: PodSettings, namespace: str | None = None, *, stop_flag: threading.Event | None = None,
-        ready_flag: threading.Event | None = None, triggers: TriggerSettings | None = None) -> None:  # fmt: skip
-    """Run the controller until SIGINT/SIGTERM (or ``stop_flag``)."""
+        ready_flag: threading.Event | None = None, triggers: TriggerSettings | None = None, watchdog_seconds: float = 300.0) -> None:  # fmt: skip
+    """Run the controller until SIGINT/SIGTERM (or ``stop_flag``).
+
+    ``watchdog_seconds``: work in flight for longer than that makes the controller exit (code 3)
+    to be restarted (see watchdog.py); 0 turns the watchdog off.
+
+    SIGUSR1 writes every thread's stack to stderr: a controller that stopped reacting says where
+    it waits (the e2e tests ask for it before they give up).
+    """
+    faulthandler.enable()  # a crash in a C extension leaves its stack in the log, not nothing
+    if threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     STATE.settings = settings
     STATE.trigger_settings = triggers or TriggerSettings()
     STATE.namespace = namespace
     STATE.reconciler = None
     STATE.triggers = None
+    STATE.watchdog = Watchdog(watchdog_seconds) if watchdog_seconds > 0 else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -133,6 +133,9 @@ def _controller_deployment(opts: InstallOptions, env: dict[str, str], labels: di
                             "env": [*({"name": k, "value": v} for k, v in env.items()), _notification_token_env()],
                             "ports": [{"containerPort": TRIGGER_PORT, "name": "triggers"}],
                             "readinessProbe": {"httpGet": {"path": "/healthz", "port": TRIGGER_PORT}},
+                            # /healthz fails while the watchdog sees work stuck (kiln.cluster.watchdog); the
+                            # controller exits by itself then, this catches a process too wedged to do so
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": TRIGGER_PORT}, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
                             "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
                             "securityContext": _restricted_container(),
                         }

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,8 +60,10 @@ class TriggerLoop:
     thread (:meth:`run`), one evaluation at a time, as often as something new came in."""
 
     def __init__(self, kube: Kube, poller: DigestPoller | None = None, redeploy: Callable[[str, str, str], object] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 track: Callable[[str], AbstractContextManager[None]] = lambda _what: nullcontext()) -> None:  # fmt: skip
         self.kube = kube
+        self.track = track  # each step of run() is one unit of work for the controller's watchdog
         self.poller = poller
         self.redeploy = redeploy  # (image, digest, cause) -> anything
         self.clock = clock
@@ -97,10 +100,10 @@ class TriggerLoop:
             )
             self._kicked.wait(min(wait, 1.0))
 
-    @staticmethod
-    def _guarded(step: Callable[[], None]) -> None:
+    def _guarded(self, step: Callable[[], None]) -> None:
         try:
-            step()
+            with self.track(f"trigger loop: {step.__name__}"):
+                step()
         except Exception:  # the loop must outlive any one bad object or registry
             log.exception("trigger loop")
 

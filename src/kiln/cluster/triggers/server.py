@@ -60,6 +60,7 @@ class _Settings:
     notification_token: bytes | None
     max_body: int
     read_timeout: float
+    health: Callable[[], str | None] | None
 
 
 class _Server(ThreadingHTTPServer):
@@ -162,6 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if path == "/healthz":
             self._allow("GET", "HEAD")
+            problem = self.server.settings.health() if self.server.settings.health else None
+            if problem is not None:
+                raise _Reply(503, problem)
             return 200, b"ok\n"
         if path == "/notifications":
             self._allow("POST")
@@ -250,7 +254,9 @@ class TriggerServer:
         max_body: int = 5 * 1024 * 1024,
         tls: tuple[str, str] | None = None,
         read_timeout: float = 10.0,
+        health: Callable[[], str | None] | None = None,
     ) -> None:
+        """``health`` answers /healthz: None while all is well, else what is wrong (503)."""
         if notification_token == "":
             # "Bearer " with nothing after it would be a password everybody knows.
             raise ValueError("notification_token is empty; pass None to accept notifications unauthenticated")
@@ -262,6 +268,7 @@ class TriggerServer:
             notification_token=None if notification_token is None else notification_token.encode(),
             max_body=max_body,
             read_timeout=read_timeout,
+            health=health,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
