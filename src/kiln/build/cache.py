@@ -63,7 +63,7 @@ class StepCache:
         layer = Layer(**raw["layer"]) if raw.get("layer") else None
         if layer is not None and not self.store.has_blob(Digest(layer.digest)):
             return None  # pruned from under us: a miss, not an error
-        return CacheRecord(layer, ImageConfig.model_validate(raw["config"]), raw["created"])
+        return CacheRecord(layer, ImageConfig.from_dict(raw["config"]), raw["created"])
 
     def put(self, key: str, layer: Layer | None, config: ImageConfig) -> None:
         record = {"layer": asdict(layer) if layer else None, "config": config.to_dict(), "created": time.time()}

@@ -37,7 +37,7 @@ def apply_change(config: ImageConfig, change: ConfigChange) -> None:
     elif op == "stopsignal":
         cfg.stop_signal = value
     elif op == "healthcheck":
-        cfg.healthcheck = HealthConfig(Test=["NONE"]) if value is None else HealthConfig.model_validate(value)
+        cfg.healthcheck = HealthConfig(test=["NONE"]) if value is None else HealthConfig.from_dict(value)
     elif op == "shell":
         cfg.shell = list(value)
     elif op == "onbuild":
@@ -59,7 +59,7 @@ def add_history(config: ImageConfig, created: str, created_by: str, *, empty_lay
 
 def for_format(config: ImageConfig, fmt: str) -> ImageConfig:
     """A copy fit for the output format: OCI has no Healthcheck, Shell or OnBuild (buildah drops them too)."""
-    out = config.model_copy(deep=True)
+    out = config.clone()
     if fmt == "oci":
         out.config.healthcheck = None
         out.config.shell = None

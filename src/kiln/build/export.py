@@ -26,7 +26,7 @@ def export_oci_layout(store: Store, desc: Descriptor, dest: Path, tag: str | Non
             continue
         with store.open_blob(d) as src:
             out.ingest(src, expected=d)
-    entry = desc.model_copy(deep=True)
+    entry = desc.clone()
     if tag:
         entry.annotations = {**(entry.annotations or {}), REF_NAME: tag}
     index = json.loads((dest / "index.json").read_bytes())

@@ -32,7 +32,7 @@ class Image:
     manifest_digest: str | None = None
 
     def copy(self) -> Image:
-        return Image(list(self.layers), self.config.model_copy(deep=True), self.manifest_digest)
+        return Image(list(self.layers), self.config.clone(), self.manifest_digest)
 
 
 def load_image(store: Store, desc: Descriptor, platform: Platform | None = None, what: str = "image") -> Image:
@@ -66,7 +66,7 @@ def chain_ids(layers: list[Layer]) -> list[Digest]:
 
 def write_image(store: Store, image: Image, fmt: str = "oci", annotations: dict[str, str] | None = None) -> Descriptor:
     """Store the config and manifest of ``image`` and return the manifest's descriptor."""
-    config = image.config.model_copy(deep=True)
+    config = image.config.clone()
     config.rootfs.type = "layers"
     config.rootfs.diff_ids = [layer.diff_id for layer in image.layers]
     docker = fmt == "docker"

@@ -118,7 +118,7 @@ def rebase_image(
         except RebaseRefused as e:
             raise RebaseRefused(f"{image}: {e.message}; rebuild it, or --force") from None
         config_raw = canonical_json(config.to_dict())
-        manifest = app.remote.manifest.model_copy(deep=True)
+        manifest = app.remote.manifest.clone()
         manifest.config = Descriptor(media_type=manifest.config.media_type, digest=Digest.of(config_raw), size=len(config_raw))
         docker = app.remote.media_type == mt.DOCKER_MANIFEST
         base_layers = [

@@ -30,7 +30,7 @@ def app_history(image: ImageConfig, old_base: ImageConfig) -> list[History]:
     n = len(old_base.history or [])
     if len(ours) < n:
         raise RebaseRefused(f"the image has {len(ours)} history entries, fewer than the old base's {n}")
-    return [h.model_copy(deep=True) for h in ours[n:]]
+    return [h.clone() for h in ours[n:]]
 
 
 def rebased_config(
@@ -39,9 +39,9 @@ def rebased_config(
     """``image``'s config moved from ``old_base`` onto ``new_base``: new base's layers and history
     first, then the image's own; the runtime config merged three ways (``force``: a conflicting
     field keeps the image's value). ``created`` is kept: the image's own content was made then."""
-    out = image.model_copy(deep=True)
+    out = image.clone()
     out.rootfs.diff_ids = [*new_base.rootfs.diff_ids, *app_diff_ids]
-    history = [*(h.model_copy(deep=True) for h in new_base.history or []), *app_history(image, old_base)]
+    history = [*(h.clone() for h in new_base.history or []), *app_history(image, old_base)]
     out.history = history or None
     out.config = merge_runtime_config(image.config, old_base.config, new_base.config, force=force)
     return out
@@ -65,7 +65,7 @@ def merge_runtime_config(image: ContainerConfig, old: ContainerConfig, new: Cont
             merged[field] = value
     if conflicts and not force:
         raise RebaseRefused(f"the new base changed {', '.join(conflicts)}, which the image also sets")
-    return ContainerConfig.model_validate(merged)
+    return ContainerConfig.from_dict(merged)
 
 
 def _pick(name: str, mine: Any, old: Any, new: Any, conflicts: list[str]) -> Any:

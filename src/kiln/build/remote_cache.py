@@ -71,7 +71,7 @@ class RemoteCache:
         if raw is None:
             return None
         layer = Layer(**raw["layer"]) if raw.get("layer") else None  # type: ignore[arg-type]
-        return CacheRecord(layer, ImageConfig.model_validate(raw["config"]), 0.0)
+        return CacheRecord(layer, ImageConfig.from_dict(raw["config"]), 0.0)
 
     def add(self, key: str, layer: Layer | None, config: ImageConfig) -> None:
         if self.cache_to is not None:

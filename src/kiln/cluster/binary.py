@@ -67,7 +67,7 @@ def store_artifact(store: Store, payload: bytes) -> Descriptor:
     empty = b"{}"
     config = Descriptor(media_type=mt.OCI_EMPTY, digest=store.write_blob(empty), size=len(empty))
     manifest = Manifest(media_type=mt.OCI_MANIFEST, artifact_type=ARTIFACT_TYPE, config=config, layers=[layer])
-    raw = canonical_json(manifest.model_dump(by_alias=True, exclude_none=True))
+    raw = canonical_json(manifest.to_dict())
     return Descriptor(media_type=mt.OCI_MANIFEST, digest=store.write_blob(raw), size=len(raw), artifact_type=ARTIFACT_TYPE)
 
 

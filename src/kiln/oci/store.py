@@ -257,7 +257,7 @@ class Store:
     def tag(self, ref: str, desc: Descriptor) -> None:
         if not self.has_blob(desc.dgst):
             raise StoreError(f"cannot tag {ref}: manifest {desc.digest} is not in the store")
-        entry = desc.model_copy(deep=True)
+        entry = desc.clone()
         entry.annotations = {**(entry.annotations or {}), REF_NAME: ref}
         with self._index_lock():
             index = self._read_index()
@@ -286,7 +286,7 @@ class Store:
         for m in self._read_index().manifests:
             name = (m.annotations or {}).get(REF_NAME)
             if name:
-                plain = m.model_copy(deep=True)
+                plain = m.clone()
                 rest = {k: v for k, v in (plain.annotations or {}).items() if k != REF_NAME}
                 plain.annotations = rest or None
                 out.append((name, plain))

@@ -21,7 +21,7 @@ def image(
     cmd: list[str] | None = None,
 ) -> ImageConfig:
     return ImageConfig(
-        config=ContainerConfig(Env=env, WorkingDir=workdir, User=user, Shell=shell, OnBuild=on_build, Cmd=cmd)
+        config=ContainerConfig(env=env, working_dir=workdir, user=user, shell=shell, on_build=on_build, cmd=cmd)
     )
 
 

@@ -611,7 +611,7 @@ def test_config_changes_apply_to_the_base_config() -> None:
         resolver=Resolver({"base": base}),
         image_format="docker",
     )
-    config = base.model_copy(deep=True)
+    config = base.clone()
     for meta in metas(plan):
         for change in meta.changes:
             apply_change(config, change)

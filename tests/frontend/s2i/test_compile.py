@@ -28,7 +28,7 @@ PREVIOUS = "registry.test/app:1"
 
 
 def cfg(user: str = "1001", workdir: str = "/opt/app-root/src", env: list[str] | None = None) -> ImageConfig:
-    return ImageConfig(config=ContainerConfig(User=user, WorkingDir=workdir, Env=env or ["PATH=/usr/bin:/bin", "HOME=/opt/app-root"]))
+    return ImageConfig(config=ContainerConfig(user=user, working_dir=workdir, env=env or ["PATH=/usr/bin:/bin", "HOME=/opt/app-root"]))
 
 
 def image_scripts(*names: str, folder: str = "/usr/libexec/s2i") -> dict[str, Script]:

@@ -59,7 +59,7 @@ def import_layout(store: Store, layout: Path) -> Descriptor | None:
         return None
     try:
         manifests = json.loads(index_path.read_text())["manifests"]
-        desc = Descriptor.model_validate(manifests[0])
+        desc = Descriptor.from_dict(manifests[0])
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise BuildError(f"{index_path}: not an OCI image layout index ({e})") from e
     source = Store(layout)
