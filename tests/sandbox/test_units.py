@@ -102,6 +102,34 @@ def test_ensure_mountpoint_creates_only_missing_parts_and_remove_undoes_them(tre
     assert not (tree / "a").exists()
 
 
+def test_ensure_mountpoint_racing_itself_never_fails_and_creates_each_part_once(tree: Path) -> None:
+    """Sandboxes sharing a root create the same mount points at once (CI saw "File exists")."""
+    import threading
+
+    for _round in range(40):
+        start = threading.Barrier(8)
+        results: list[list[str]] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            start.wait()
+            try:
+                results.append(ensure_mountpoint(str(tree), "m/etc/resolv.conf", directory=False))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        made = [rel for created in results for rel in created]
+        assert sorted(made) == ["m", "m/etc", "m/etc/resolv.conf"]  # each part by exactly one run
+        for rel in ("m/etc/resolv.conf", "m/etc", "m"):
+            assert remove_placeholder(str(tree), rel)
+
+
 def test_remove_placeholder_keeps_content_and_never_follows_symlinks(tree: Path, tmp_path: Path) -> None:
     ensure_mountpoint(str(tree), "d/sub", directory=True)
     (tree / "d" / "sub" / "written-by-step").write_text("data")

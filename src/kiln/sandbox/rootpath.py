@@ -69,13 +69,18 @@ def ensure_mountpoint(root: str, rel: str, directory: bool) -> list[str]:
         try:
             st = os.lstat(full)
         except FileNotFoundError:
-            if last and not directory:
-                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-                os.close(fd)
-            else:
-                os.mkdir(full, 0o755)
-            created.append(sub)
-            continue
+            try:
+                if last and not directory:
+                    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                    os.close(fd)
+                else:
+                    os.mkdir(full, 0o755)
+                created.append(sub)
+                continue
+            except FileExistsError:
+                # Another sandbox on this root made it between our lstat and here: it is that
+                # run's placeholder (see rootshare); check it like any existing path.
+                st = os.lstat(full)
         if stat.S_ISLNK(st.st_mode):
             raise PathEscapeError(40, f"/{sub} is a symlink")
         if not last and not stat.S_ISDIR(st.st_mode):
