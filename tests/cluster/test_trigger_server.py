@@ -279,6 +279,29 @@ def test_too_large_is_413_before_the_body_is_read(served: tuple[TriggerServer, R
     assert response.status_code == 202
 
 
+def test_connections_past_the_cap_are_answered_503_at_once(make_server: ServerFactory) -> None:
+    server, _ = make_server(max_connections=2, read_timeout=30.0)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted, each holding a thread that waits for a request line
+        started = time.monotonic()
+        busy = httpx.get(f"{server.url}/healthz", timeout=10)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert busy.json()["status"] == "Failure"
+        assert time.monotonic() - started < 5  # not queued behind the idle ones (their read timeout is 30 s)
+    finally:
+        for sock in idle:
+            sock.close()
+
+    def served_again() -> bool:
+        return httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+    deadline = time.monotonic() + 10
+    while not served_again():  # the idle connections' threads end once their sockets close
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_a_slow_body_times_out_on_one_deadline(make_server: ServerFactory) -> None:
     server, recorder = make_server(read_timeout=1.0)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:

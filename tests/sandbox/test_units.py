@@ -111,7 +111,7 @@ def test_ensure_mountpoint_racing_itself_never_fails_and_creates_each_part_once(
         results: list[list[str]] = []
         errors: list[BaseException] = []
 
-        def one() -> None:
+        def one(start: threading.Barrier = start, results: list[list[str]] = results, errors: list[BaseException] = errors) -> None:
             start.wait()
             try:
                 results.append(ensure_mountpoint(str(tree), "m/etc/resolv.conf", directory=False))

@@ -16,6 +16,7 @@ query strings and secrets never reach the log.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -43,6 +44,11 @@ OnPush = Callable[[list[PushEvent]], None]
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _KINDS = frozenset(kind.value for kind in WebhookKind)
 _CHUNK = 64 * 1024
+_BUSY_BODY = b'{"message":"too many connections; try again","status":"Failure"}'
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
 
 
 class _Reply(Exception):
@@ -61,6 +67,7 @@ class _Settings:
     max_body: int
     read_timeout: float
     health: Callable[[], str | None] | None
+    max_connections: int
 
 
 class _Server(ThreadingHTTPServer):
@@ -69,7 +76,30 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, listen: tuple[str, int], settings: _Settings) -> None:
         self.address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         self.settings = settings
+        # Each connection has a thread; past the cap a connection is answered 503 and closed at once,
+        # so a flood of slow clients cannot make the controller start threads without end.
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
         super().__init__(listen, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("%s: %d connections open already; answered 503", client_address[0], self.settings.max_connections)
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Failed TLS handshakes and dropped connections are the client's business, not a traceback.
@@ -255,8 +285,12 @@ class TriggerServer:
         tls: tuple[str, str] | None = None,
         read_timeout: float = 10.0,
         health: Callable[[], str | None] | None = None,
+        max_connections: int = 64,
     ) -> None:
-        """``health`` answers /healthz: None while all is well, else what is wrong (503)."""
+        """``health`` answers /healthz: None while all is well, else what is wrong (503).
+        ``max_connections``: connections served at once; more are answered 503 at once."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         if notification_token == "":
             # "Bearer " with nothing after it would be a password everybody knows.
             raise ValueError("notification_token is empty; pass None to accept notifications unauthenticated")
@@ -269,6 +303,7 @@ class TriggerServer:
             max_body=max_body,
             read_timeout=read_timeout,
             health=health,
+            max_connections=max_connections,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
