@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiln.cluster.models import BuildConfig
+from kiln.cluster.models import BaseImage, BuildConfig
 from kiln.cluster.triggers.imagechange import (
     Change,
     causes,
     decide,
     dockerfile_bases,
     status_after,
+    status_with_bases,
     watched_images,
 )
 
@@ -113,3 +114,61 @@ def test_after_a_restart_nothing_builds_until_every_image_it_built_with_is_known
     # the first poll round answers: one build, for both changes
     [d] = decide([builder, app], {BUILDER: D3, BASE: D2}, known={BASE, BUILDER})
     assert d.build and {c.ref for c in d.changes} == {BASE, BUILDER}
+
+
+def git_config(seen: dict[str, str] | None = None, triggers: list[dict[str, Any]] | None = None, **strategy: Any) -> BuildConfig:
+    """A Dockerfile in git: only a build can tell what it starts from."""
+    return BuildConfig.model_validate({
+        "metadata": {"name": "app", "namespace": "ns"},
+        "spec": {
+            "source": {"git": {"uri": "https://git.example/app.git"}},
+            "strategy": {"type": "Docker", **({"dockerStrategy": strategy} if strategy else {})},
+            "triggers": [{"type": "ImageChange"}] if triggers is None else triggers,
+        },
+        "status": {"imageChangeTriggers": [{"from": {"name": r}, "lastTriggeredImageID": d} for r, d in (seen or {}).items()]},
+    })  # fmt: skip
+
+
+def status_map(status: list[dict[str, Any]] | None) -> dict[str, str]:
+    assert status is not None
+    return {s["from"]["name"]: s["lastTriggeredImageID"] for s in status}
+
+
+def test_a_dockerfile_in_git_watches_the_bases_its_last_build_recorded() -> None:
+    assert watched_images(git_config()) == []  # nothing built yet: nothing known
+    app = git_config(seen={BASE: D1, BUILDER: D1})
+    assert watched_images(app) == [BASE, BUILDER]
+    assert decide([app], {BASE: D1, BUILDER: D1}) == []
+    [d] = decide([app], {BASE: D2, BUILDER: D1})
+    assert d.build and d.changes == (Change(BASE, D1, D2),)
+    assert watched_images(git_config(seen={BASE: D1}, triggers=[{"type": "ImageChange", "imageChange": {"paused": True}}])) == []
+    # an image a trigger names is that trigger's, paused or not: the recorded bases leave it alone
+    named = [{"type": "ImageChange"}, {"type": "ImageChange", "imageChange": {"from": {"name": BUILDER}, "paused": True}}]
+    assert watched_images(git_config(seen={BASE: D1, BUILDER: D1}, triggers=named)) == [BASE]
+
+
+def test_bases_known_from_the_spec_ignore_anything_else_in_the_status() -> None:
+    inline = config("app", f"FROM {BASE}\n", seen={BASE: D1, BUILDER: D1})
+    assert watched_images(inline) == [BASE]
+    assert status_with_bases(inline, [BaseImage(name=BUILDER, digest=D2)], "2026-11-27T00:00:00Z") is None
+    named = git_config(seen={BASE: D1, BUILDER: D1}, **{"from": {"name": BASE}})
+    assert watched_images(named) == [BASE]  # the strategy's from
+    assert status_with_bases(named, [BaseImage(name=BUILDER, digest=D2)], "2026-11-27T00:00:00Z") is None
+
+
+def test_a_build_records_exactly_the_bases_it_started_from() -> None:
+    now = "2026-11-27T00:00:00Z"
+    first = status_with_bases(git_config(), [BaseImage(name=BASE, digest=D1), BaseImage(name=BUILDER, digest=D1)], now)
+    assert first == [
+        {"from": {"kind": "DockerImage", "name": BASE}, "lastTriggeredImageID": D1, "lastTriggerTime": now},
+        {"from": {"kind": "DockerImage", "name": BUILDER}, "lastTriggeredImageID": D1, "lastTriggerTime": now},
+    ]
+    # the Dockerfile dropped the builder, and the build used a base pushed since the trigger fired
+    app = git_config(seen={BASE: D1, BUILDER: D1})
+    assert status_map(status_with_bases(app, [BaseImage(name=BASE, digest=D2)], now)) == {BASE: D2}
+    assert status_with_bases(app, [BaseImage(name=BASE, digest=D1), BaseImage(name=BUILDER, digest=D1)], now) is None
+    # an image a trigger names keeps its own state
+    named = [{"type": "ImageChange"}, {"type": "ImageChange", "imageChange": {"from": {"name": APP}}}]
+    app = git_config(seen={APP: D3, BASE: D1}, triggers=named)
+    assert status_map(status_with_bases(app, [BaseImage(name=APP, digest=D1), BaseImage(name=BUILDER, digest=D2)], now)) == {APP: D3, BUILDER: D2}
+    assert status_with_bases(git_config(triggers=[{"type": "ImageChange", "imageChange": {"paused": True}}]), [BaseImage(name=BASE, digest=D1)], now) is None

@@ -67,6 +67,7 @@ def test_docker_inline_pushes_with_stages(ws: BuilderWorkspace, registry: Regist
     assert [s["name"] for s in outcome["stages"]] == ["FetchInputs", "Build", "PushImage"]
     assert outcome["imageDigest"] == manifest_digest(registry, repo, "latest")
     assert outcome["outputDockerImageReference"] == f"{registry.host}/{repo}:latest"
+    assert outcome["baseImages"] == [{"name": busybox, "digest": manifest_digest(registry, "cluster-local/busybox", "latest")}]
     assert "kiln-build-result: " in log
     # the image says what the Dockerfile edits did: ENV after FROM, the build arg, the label
     run = ws.kiln("run", f"{registry.host}/{repo}:latest", "cat", "/hello.txt")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kiln.cluster.models import BuildPhase, BuildStatus, RunPolicy, StageInfo
+from kiln.cluster.models import BaseImage, BuildPhase, BuildStatus, RunPolicy, StageInfo
 from kiln.cluster.result import MARKER, BuildOutcome, format_time
 from kiln.cluster.statemachine import (
     CreatePod,
@@ -71,6 +71,7 @@ def test_success_copies_stages_and_digest_from_the_termination_message() -> None
         stages=[StageInfo(name="FetchInputs", start_time=T0, duration_milliseconds=12), StageInfo(name="Build", duration_milliseconds=900)],
         image_digest="sha256:" + "a" * 64,
         output_docker_image_reference="localhost:5000/app:latest",
+        base_images=[BaseImage(name="localhost:5000/lib/base:1", digest="sha256:" + "b" * 64)],
     )
     finished = format_time(NOW - timedelta(seconds=5))
     pod = PodView("Succeeded", start_time=T0, exit_code=0, termination_message=outcome.to_message(), finished_at=finished)
@@ -80,6 +81,7 @@ def test_success_copies_stages_and_digest_from_the_termination_message() -> None
     assert d.status.image_digest == "sha256:" + "a" * 64
     assert d.status.output_docker_image_reference == "localhost:5000/app:latest"
     assert [s.name for s in d.status.stages] == ["FetchInputs", "Build"]
+    assert d.status.base_images == outcome.base_images
     assert d.status.completion_timestamp == finished
     assert d.status.duration == 25 * 10**9
     assert kinds(d) == [RecordEvent, WakeSiblings]
@@ -187,3 +189,18 @@ def test_outcome_fits_a_termination_message() -> None:
     back = BuildOutcome.model_validate_json(text)
     assert back.reason == "DockerBuildFailed" and back.stages[0].name == "Build"
     assert back.log_snippet is None or back.log_snippet.endswith("line\n")
+
+
+def test_base_images_outlast_the_stages_in_a_termination_message_and_go_whole() -> None:
+    bases = [BaseImage(name=f"registry.example/lib/base-{n}:1", digest="sha256:" + f"{n:x}" * 64) for n in range(10)]
+    stages = [StageInfo(name=f"Stage{n}", start_time=T0, duration_milliseconds=n) for n in range(40)]
+    full = BuildOutcome(ok=True, stages=stages, image_digest="sha256:" + "a" * 64, base_images=bases)
+    assert len(full.model_dump_json(by_alias=True, exclude_none=True)) > 4096
+    back = BuildOutcome.model_validate_json(full.to_message())
+    assert back.stages == [] and back.base_images == bases  # stages only show; triggers watch the bases
+    # a list cut short would stop watching images: it is left out whole (not known, nothing recorded)
+    many = [BaseImage(name=f"registry.example/lib/base-{n}:1", digest="sha256:" + "c" * 64) for n in range(60)]
+    text = BuildOutcome(ok=True, image_digest="sha256:" + "a" * 64, base_images=many).to_message()
+    assert len(text.encode()) <= 4096
+    back = BuildOutcome.model_validate_json(text)
+    assert back.base_images is None and back.image_digest == "sha256:" + "a" * 64

@@ -6,11 +6,7 @@ rights); build pods run the builder image from deploy/builder/Dockerfile on the 
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +31,8 @@ from tests.cluster.builders import (
     source,
 )
 from tests.cluster.trigger_support import manifest_digest
+from tests.fixtures.gitrepo import bare_repo
+from tests.fixtures.gitrepo import git_daemon as serve_git
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -75,30 +73,12 @@ def test_docker_inline_build(installed: e2e.Installed, ctl: e2e.ControllerProces
 
 @pytest.fixture
 def git_daemon(tmp_path: Path, installed: e2e.Installed) -> Iterator[tuple[str, Path]]:
-    """A git repository served by `git daemon` on 127.0.0.1 (stopped by PID)."""
-    base = tmp_path / "git"
-    repo = base / "app.git"
+    """A git repository served by `git daemon` on 127.0.0.1."""
     work = tmp_path / "work"
-    (work / "sub").mkdir(parents=True)
-    (work / "sub" / "Dockerfile").write_text(f"FROM {installed.busybox}\nCOPY greeting.txt /greeting.txt\n")
-    (work / "sub" / "greeting.txt").write_text("from git daemon\n")
-    git = ["git", "-c", "user.email=e2e@kiln", "-c", "user.name=e2e", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q", str(work)], check=True)
-    subprocess.run([*git, "-C", str(work), "add", "."], check=True)
-    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "app"], check=True)
-    subprocess.run([*git, "-C", str(work), "tag", "v1"], check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(repo)], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1", f"--port={port}", str(base)],
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        e2e.wait_until("git daemon", lambda: subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/app.git"], capture_output=True).returncode == 0, 30)
-        yield f"git://127.0.0.1:{port}/app.git", work
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait()
+    files = {"sub/Dockerfile": f"FROM {installed.busybox}\nCOPY greeting.txt /greeting.txt\n", "sub/greeting.txt": "from git daemon\n"}
+    bare_repo(work, tmp_path / "git" / "app.git", files, tag="v1")
+    with serve_git(tmp_path / "git") as url:
+        yield f"{url}/app.git", work
 
 
 def test_docker_build_from_git(installed: e2e.Installed, ctl: e2e.ControllerProcess, k: Kube, namespace: str, git_daemon: tuple[str, Path]) -> None:

@@ -1,5 +1,6 @@
 """Triggers on the real control plane: the security-fix loop (base push -> builder -> app -> Deployment),
-a controller killed mid-cascade, 50 BuildConfigs on one base under a limit of 4, webhooks, ConfigChange.
+a controller killed mid-cascade, 50 BuildConfigs on one base under a limit of 4, webhooks, ConfigChange,
+a Dockerfile in git whose base only its build can tell.
 
 The controller is the suite's `kiln controller` (tests/cluster/e2e_support.py) with its trigger
 endpoint on 127.0.0.1; a second docker-registry sends it real push notifications. The fleet test
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from kiln.cluster.kube import Kube
-from kiln.cluster.models import Build, BuildPhase
+from kiln.cluster.models import BaseImage, Build, BuildPhase
 from tests.cluster import e2e_support as e2e
 from tests.cluster.trigger_support import (
     IMAGE_AND_CONFIG,
@@ -30,6 +31,7 @@ from tests.cluster.trigger_support import (
     manifest_digest,
     push_base,
 )
+from tests.fixtures.gitrepo import bare_repo, git_daemon
 from tests.fixtures.registry import Registry, notifications_to
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -258,6 +260,37 @@ def test_a_base_change_under_a_final_stage_that_runs_nothing_is_a_rebase(cluster
     assert manifest["layers"][: len(base_layers)] == base_layers and manifest["layers"][-1] == old_manifest["layers"][-1]
     pinned = f"{reg}/rb/dist@{second.status.image_digest}"
     e2e.wait_until("the Deployment pinned to the rebased image", lambda: deployment_image(cluster, namespace, "dist") == pinned, 60, ctl.log_tail)
+
+
+def test_a_dockerfile_in_git_is_rebuilt_when_the_base_its_build_used_changes(cluster: Any, ctl: e2e.ControllerProcess, k: Kube, namespace: str,
+                                                                            notifying: Registry, installed: e2e.Installed, tmp_path: Path) -> None:  # fmt: skip
+    reg = notifying.host
+    base = f"{reg}/gitbase/base:1"
+    first_base = push_base(tmp_path, reg, "gitbase/base:1")
+    bare_repo(tmp_path / "work", tmp_path / "git" / "app.git", {"Dockerfile": f"FROM {base}\nLABEL app=fromgit\n"})
+    with git_daemon(tmp_path / "git") as url:
+        # no from anywhere in the spec: the controller cannot know the base before a build
+        bc = buildconfig("fromgit", "", f"{reg}/gitbase/app:latest", [{"type": "ImageChange"}], source={"git": {"uri": f"{url}/app.git"}})
+        e2e.create(k, namespace, bc)
+        started = e2e.kiln_cli(installed, "start-build", "fromgit", "-n", namespace)
+        assert started.returncode == 0, started.stderr
+        first = e2e.wait_phase(k, namespace, "fromgit-1", DONE, ctl)
+        assert first.status.phase is BuildPhase.COMPLETE, (first.status.message, first.status.log_snippet)
+        assert first.status.base_images == [BaseImage(name=base, digest=first_base)]
+        e2e.wait_until("the base the build used recorded", lambda: watching(k, namespace, "fromgit", {base}), 60, ctl.log_tail)
+        recorded = k.get_config(namespace, "fromgit")
+        assert recorded is not None and [(t.from_.name, t.last_triggered_image_id) for t in recorded.status.image_change_triggers] == [(base, first_base)]
+
+        new_base = push_base(tmp_path, reg, "gitbase/base:1", fix="CVE-2026-0005")
+        second = e2e.wait_phase(k, namespace, "fromgit-2", DONE, ctl)
+        assert second.status.phase is BuildPhase.COMPLETE, (second.status.message, second.status.log_snippet)
+        [cause] = [c.image_change_build for c in second.spec.triggered_by if c.image_change_build]
+        assert (cause.from_.name, cause.old_image_id, cause.image_id) == (base, first_base, new_base)
+        assert second.status.base_images == [BaseImage(name=base, digest=new_base)]
+        time.sleep(2 * e2e.POLL_INTERVAL + 2)  # the poller agrees with what the build recorded: nothing more to build
+        assert [b.name for b in builds(k, namespace, "fromgit")] == ["fromgit-1", "fromgit-2"]
+        after = k.get_config(namespace, "fromgit")
+        assert after is not None and after.status.last_image_id(base) == new_base
 
 
 def test_install_creates_the_notification_token_once(k: Kube, namespace: str) -> None:

@@ -212,6 +212,31 @@ def test_pull_index_picks_platform_and_keeps_index(
         pull(r, store, platform=Platform.parse("linux/s390x"), options=opts)
 
 
+def test_a_build_reports_the_digest_its_base_tag_named_also_for_an_index(
+    registry: Registry, fresh_repo: RepoNamer, multi_image: MultiImage, busybox_image: BuiltImage, store: Store, opts: RegistryOptions
+) -> None:
+    """What a registry reports for the tag (HEAD, push notifications) is what an ImageChange
+    trigger compares with: the index's digest, not the platform manifest's the build used."""
+    from kiln.build.driver import BuildRequest, run_build
+    from kiln.build.options import BuildOptions
+
+    repo = fresh_repo()
+    push_index_with_skopeo(multi_image, registry.host, f"{repo}:multi")
+    push_with_skopeo(busybox_image.layout, registry, f"{repo}:single")
+    multi, single = f"{registry.host}/{repo}:multi", f"{registry.host}/{repo}:single"
+    amd = multi_image.platforms["linux/amd64"].manifest.digest
+
+    def bases(dockerfile: str) -> dict[str, str]:
+        result = run_build(BuildRequest(dockerfile, options=BuildOptions(registry=opts)), store, quiet=True)
+        return result.bases
+
+    assert bases(f"FROM {multi}\nLABEL a=b\n") == {multi: multi_image.index_digest}
+    assert skopeo_digest(registry.host, f"{repo}:multi") == multi_image.index_digest
+    assert store.resolve(amd).digest == amd  # while the build ran on the platform's manifest
+    # stages and scratch are not images; a stage the target does not need is not resolved
+    assert bases(f"FROM scratch AS empty\nFROM {multi} AS unused\nFROM {single} AS tools\nFROM tools\nLABEL a=b\n") == {single: busybox_image.manifest.digest}
+
+
 def test_pull_by_digest_and_missing_image(
     registry: Registry, fresh_repo: RepoNamer, busybox_image: BuiltImage, store: Store, opts: RegistryOptions
 ) -> None:

@@ -57,6 +57,7 @@ from kiln.oci.layer_writer import LayerWriter
 from kiln.oci.models import Descriptor, Platform
 from kiln.oci.store import Store
 from kiln.registry.lazy import fetch_metadata
+from kiln.registry.pull import named_digest
 from kiln.registry.reference import Reference
 from kiln.sandbox.spec import OverlayRootfs
 
@@ -76,6 +77,9 @@ class BuildResult:
     stage_times: dict[str, float] = field(default_factory=dict)
     cached_steps: int = 0
     run_steps: int = 0
+    #: every image a stage of the build started from (normalized reference -> the digest it named
+    #: then), in plan order; what an ImageChange trigger of a Dockerfile in git gets to watch
+    bases: dict[str, str] = field(default_factory=dict)
 
 
 class Executor:
@@ -132,7 +136,7 @@ class Executor:
             exported = self.remote.export()
             if exported is not None:
                 self.log.info(f"cache exported to {self.options.cache_to} ({exported.digest})")
-        return BuildResult(desc, image, times, self.cached_steps, self.run_steps)
+        return BuildResult(desc, image, times, self.cached_steps, self.run_steps, self._stage_bases(plan, needed))
 
     def _build_stage_timed(self, plan: Plan, stage: Stage, futures: dict[int, Future[StageResult]], times: dict[str, float]) -> StageResult:
         t0 = time.monotonic()
@@ -213,6 +217,12 @@ class Executor:
         steplog.done()
         assert image.manifest_digest is not None
         return image, image.manifest_digest
+
+    def _stage_bases(self, plan: Plan, stages: list[int]) -> dict[str, str]:
+        refs = [b.ref for b in (plan.stages[i].base for i in sorted(stages)) if isinstance(b, ImageSource)]
+        names = [str(Reference.parse(r)) for r in refs]
+        with self._pull_lock:  # _base resolved each one with the plan's platform
+            return {name: named_digest(self._resolved[(name, str(plan.platform))]) for name in names}
 
     def resolve_image(self, ref: str, platform: Platform) -> Image:
         """An image from the store, or its manifest and config from the registry.

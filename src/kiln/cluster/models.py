@@ -385,6 +385,11 @@ class StageInfo(_Model):
     steps: list[StepInfo] = Field(default_factory=list, description="Pipeline steps, in order.")
 
 
+class BaseImage(_Model):
+    name: str = Field(description="An image a stage of the build started from, as its FROM named it (normalized).")
+    digest: str = Field(description="The manifest digest the name pointed at when the build resolved it.")
+
+
 class OutputTo(_Model):
     image_digest: str | None = None
 
@@ -411,6 +416,7 @@ class BuildStatus(_Model):
     config: ConfigReference | None = None
     output: BuildStatusOutput | None = None
     stages: list[StageInfo] = Field(default_factory=list)
+    base_images: list[BaseImage] | None = Field(default=None, description="kiln: the images the build started from (Docker strategy); an ImageChange trigger of a Dockerfile in git watches them.")
     log_snippet: str | None = None
     pod_name: str | None = None
 

@@ -2,8 +2,8 @@
 
 ``kiln build --config ... --result-file /dev/termination-log`` writes it; the controller reads it
 from ``status.containerStatuses[].state.terminated.message`` (the kubelet keeps at most 4 KiB, so
-``to_message`` trims the free text to fit) and copies stages, digest and failure reason into
-the Build's status.
+``to_message`` trims the free text to fit) and copies stages, digest, base images and failure
+reason into the Build's status.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field, ValidationError
 
-from kiln.cluster.models import StageInfo, _Model
+from kiln.cluster.models import BaseImage, StageInfo, _Model
 
 TERMINATION_LIMIT = 4096
 MARKER = "kiln-build-result: "  # a log line carrying the same JSON, for kubelets without termination messages
@@ -42,9 +42,11 @@ class BuildOutcome(_Model):
     image_digest: str | None = None
     output_docker_image_reference: str | None = None
     log_snippet: str | None = None
+    base_images: list[BaseImage] | None = None  # None: not known (a list cut short would unwatch images)
 
     def to_message(self, limit: int = TERMINATION_LIMIT) -> str:
-        """Compact JSON of at most ``limit`` bytes: the log snippet, then the message, give way first."""
+        """Compact JSON of at most ``limit`` bytes: the log snippet, then the message, the stages
+        and the base images give way, in that order (the bases feed triggers, stages only show)."""
         outcome = self.model_copy()
         text = _dumps(outcome)
         for field in ("log_snippet", "message"):
@@ -55,6 +57,9 @@ class BuildOutcome(_Model):
                 text = _dumps(outcome)
         if len(text.encode()) > limit:
             outcome.stages = []
+            text = _dumps(outcome)
+        if len(text.encode()) > limit:
+            outcome.base_images = None
             text = _dumps(outcome)
         return text
 

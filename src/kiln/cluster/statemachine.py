@@ -249,6 +249,7 @@ def _finish(
         status.duration = max(0, int((parse_time(completed) - parse_time(status.start_timestamp)).total_seconds() * 1e9))
     if outcome is not None:
         status.stages = list(outcome.stages)
+        status.base_images = outcome.base_images
         status.log_snippet = outcome.log_snippet
         if outcome.image_digest:
             status.output = BuildStatusOutput(to=OutputTo(image_digest=outcome.image_digest))

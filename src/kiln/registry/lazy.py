@@ -22,7 +22,7 @@ from kiln.registry.client import RegistryClient, Session
 from kiln.registry.options import RegistryOptions
 from kiln.registry.parallel import run_all
 from kiln.registry.progress import NullProgress, ProgressSink
-from kiln.registry.pull import DEFAULT_PLATFORM, select_platform
+from kiln.registry.pull import DEFAULT_PLATFORM, INDEX_ANNOTATION, select_platform
 from kiln.registry.reference import Reference
 
 
@@ -66,16 +66,19 @@ def fetch_metadata(
 ) -> Descriptor:
     """Store an image's manifest and config, not its layers, and record where the layers are.
 
-    Nothing is tagged: a tag promises a complete image. The caller keeps the descriptor.
+    Nothing is tagged: a tag promises a complete image. The caller keeps the descriptor, which
+    names the index a platform's manifest was chosen from as ``pull`` does (``INDEX_ANNOTATION``).
     """
     options = options or RegistryOptions()
     want = platform or DEFAULT_PLATFORM
     what = str(ref)
+    annotations: dict[str, str] | None = None
     with Session(options) as session:
         client = session.client(ref)
         raw, media_type, digest = client.get_manifest(ref.identifier, what)
         parsed = parse_manifest_or_index(raw, media_type, what=what)
         if isinstance(parsed, Index):
+            annotations = {INDEX_ANNOTATION: str(digest)}
             entry = select_platform(parsed, want, what)
             raw, media_type, digest = client.get_manifest(entry.digest, f"{ref.name}@{entry.digest}")
             parsed = parse_manifest_or_index(raw, media_type, what=what)
@@ -85,7 +88,7 @@ def fetch_metadata(
             download_blob(client, store, parsed.config, label="config", what=what, progress=NullProgress(), abort=threading.Event())
             store.write_blob(raw, expected=digest)
     BlobSources(store).record([digest, parsed.config.digest, *(d.digest for d in parsed.layers)], ref.name)
-    return Descriptor(media_type=media_type, digest=Digest(digest), size=len(raw))
+    return Descriptor(media_type=media_type, digest=Digest(digest), size=len(raw), annotations=annotations)
 
 
 def ensure_pushable(

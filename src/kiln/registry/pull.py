@@ -37,6 +37,12 @@ INDEX_ANNOTATION = "dev.kiln.image.index"
 DEFAULT_PLATFORM = Platform(os="linux", architecture="amd64")
 
 
+def named_digest(desc: Descriptor) -> str:
+    """The digest the pulled reference pointed at: the index's when ``desc`` is a platform chosen
+    from one, which is what a registry reports for the tag (HEAD, push notifications)."""
+    return (desc.annotations or {}).get(INDEX_ANNOTATION) or desc.digest
+
+
 def select_platform(index: Index, want: Platform, what: str) -> Descriptor:
     """The index entry for ``want``: exact variant first, then an entry without a variant."""
     entries = [

@@ -6,14 +6,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from kiln.build.driver import BuildRequest, compile_request
-from kiln.build.executor import Executor
+from kiln.build.executor import BuildResult, Executor
 from kiln.build.options import BuildOptions
 from kiln.build.plan import Plan
 from kiln.cluster.models import BuildSpec, EnvVar
 from kiln.cluster.strategies.dockerfile_edit import edit_dockerfile
 from kiln.cluster.strategies.environment import BuildEnvironment
 from kiln.cluster.strategies.inputs import FetchSourceError, Inputs
-from kiln.oci.models import Descriptor
 
 
 def docker_request(spec: BuildSpec, context: Path, env: BuildEnvironment, *, dockerfile_path: str | None = None,
@@ -40,17 +39,17 @@ def docker_request(spec: BuildSpec, context: Path, env: BuildEnvironment, *, doc
     return BuildRequest(dockerfile=text, filename=name, build_args={a.name: a.value for a in args}, target=strategy.target if strategy else None, options=options)
 
 
-def run_request(request: BuildRequest, env: BuildEnvironment) -> Descriptor:
+def run_request(request: BuildRequest, env: BuildEnvironment) -> BuildResult:
     executor = Executor(env.store, request.options, env.log)
     plan = compile_request(request, env.store, resolver=lambda ref: executor.resolve_image(ref, request.platform).config)
-    return executor.build(plan).descriptor
+    return executor.build(plan)
 
 
 def dry_run_plan(request: BuildRequest, env: BuildEnvironment) -> Plan:
     return compile_request(request, env.store, dry_run=True)
 
 
-def build_docker(spec: BuildSpec, inputs: Inputs, env: BuildEnvironment) -> Descriptor:
+def build_docker(spec: BuildSpec, inputs: Inputs, env: BuildEnvironment) -> BuildResult:
     request = docker_request(spec, inputs.context, env)
     if spec.source.dockerfile is not None:
         # OpenShift writes the inline Dockerfile into the context; kiln hands the text over

@@ -57,7 +57,7 @@ def build_pipeline(spec: BuildSpec, inputs: Inputs, env: BuildEnvironment) -> Pi
         if strategy.dockerfile_path is not None or (inputs.context / dockerfile).is_file():
             env.say(f"--> building {dockerfile} from the workspace")
             request = docker_request(spec, inputs.context, env, dockerfile_path=dockerfile, build_args=strategy.build_args)
-            result.image = run_request(request, env)
+            result.image = run_request(request, env).descriptor
     if result.image is None and spec.output.to is not None:
         raise PipelineStepError(f"the pipeline produced no image for {spec.output.to.name}: write an OCI layout to $KILN_OUTPUT_LAYOUT or add a Dockerfile to the workspace")
     return result

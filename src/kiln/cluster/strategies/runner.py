@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from kiln.cluster.models import BuildSpec, StageInfo, StepInfo, StrategyType
+from kiln.cluster.models import BaseImage, BuildSpec, StageInfo, StepInfo, StrategyType
 from kiln.cluster.result import (
     BUILD,
     FETCH_INPUTS,
@@ -94,13 +94,14 @@ def run_build_spec(spec: BuildSpec, env: BuildEnvironment) -> BuildOutcome:
     strategy = spec.strategy.type
     image: Descriptor | None = None
     pushed_ref: str | None = None
+    bases: list[BaseImage] | None = None
     try:
         inputs: Inputs | None = None
         if strategy is not StrategyType.CUSTOM:  # a custom builder fetches its own source
             with stages.stage(FETCH_INPUTS, REASON_FETCH_SOURCE):
                 inputs = fetch_inputs(spec.source, env)
         with stages.stage(BUILD, _BUILD_REASON[strategy]) as build_stage:
-            image = _build(spec, inputs, env, build_stage)
+            image, bases = _build(spec, inputs, env, build_stage)
         if spec.output.to is not None and env.push:
             with stages.stage(PUSH_IMAGE, REASON_PUSH):
                 image, pushed_ref = _deliver(spec.output.to.name, image, env)
@@ -114,29 +115,32 @@ def run_build_spec(spec: BuildSpec, env: BuildEnvironment) -> BuildOutcome:
         stages=stages.done,
         image_digest=image.digest if image is not None else None,
         output_docker_image_reference=pushed_ref,
+        base_images=bases,
     )
 
 
-def _build(spec: BuildSpec, inputs: Inputs | None, env: BuildEnvironment, stage: StageInfo) -> Descriptor | None:
+def _build(spec: BuildSpec, inputs: Inputs | None, env: BuildEnvironment, stage: StageInfo) -> tuple[Descriptor | None, list[BaseImage] | None]:
+    """The image, and the images the build started from (None where the strategy's ``from`` says)."""
     strategy = spec.strategy.type
     if strategy is StrategyType.CUSTOM:
         from kiln.cluster.strategies.custom import build_custom
 
-        return build_custom(spec, env)
+        return build_custom(spec, env), None
     assert inputs is not None
     if strategy is StrategyType.DOCKER:
         from kiln.cluster.strategies.docker import build_docker
 
-        return build_docker(spec, inputs, env)
+        built = build_docker(spec, inputs, env)
+        return built.descriptor, [BaseImage(name=name, digest=digest) for name, digest in built.bases.items()]
     if strategy is StrategyType.SOURCE:
         from kiln.cluster.strategies.source import build_source
 
-        return build_source(spec, inputs, env)
+        return build_source(spec, inputs, env), None
     from kiln.cluster.strategies.pipeline import build_pipeline
 
     result = build_pipeline(spec, inputs, env)
     stage.steps = [StepInfo.model_validate(s.model_dump()) for s in result.steps]
-    return result.image
+    return result.image, None
 
 
 def _deliver(name: str, image: Descriptor | None, env: BuildEnvironment) -> tuple[Descriptor | None, str]:

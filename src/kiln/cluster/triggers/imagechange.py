@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kiln.cluster.models import (
+    BaseImage,
     BuildConfig,
     BuildTriggerCause,
     ImageChangeCause,
@@ -128,6 +129,32 @@ def strategy_base(config: BuildConfig) -> list[str]:
     return []
 
 
+def _named_by_triggers(config: BuildConfig) -> set[str]:
+    """The images ImageChange triggers name in ``from`` (paused ones too: those images are theirs)."""
+    return {
+        normalize(t.image_change.from_.name)
+        for t in config.spec.triggers
+        if t.type is TriggerType.IMAGE_CHANGE and t.image_change is not None and t.image_change.from_ is not None
+    }
+
+
+def learns_bases(config: BuildConfig) -> bool:
+    """True when an unpaused ImageChange trigger without ``from`` watches images the spec cannot
+    tell (a Dockerfile in git): what its builds started from is recorded in the status instead."""
+    fromless = any(
+        t.type is TriggerType.IMAGE_CHANGE
+        and (t.image_change is None or (t.image_change.from_ is None and not t.image_change.paused))
+        for t in config.spec.triggers
+    )
+    return fromless and not strategy_base(config)
+
+
+def recorded_bases(config: BuildConfig) -> list[str]:
+    """The images the last build started from, as recorded in the status (see ``status_with_bases``)."""
+    named = _named_by_triggers(config)
+    return [t.from_.name for t in config.status.image_change_triggers if t.from_.name not in named]
+
+
 def watched_images(config: BuildConfig) -> list[str]:
     """The images whose new digests rebuild ``config`` (its unpaused ImageChange triggers)."""
     out: list[str] = []
@@ -137,7 +164,7 @@ def watched_images(config: BuildConfig) -> list[str]:
         refs = (
             [normalize(t.image_change.from_.name)]
             if t.image_change is not None and t.image_change.from_ is not None
-            else strategy_base(config)
+            else strategy_base(config) or recorded_bases(config)
         )
         out += [r for r in refs if r not in out]
     return out
@@ -249,12 +276,33 @@ def status_after(config: BuildConfig, seen: Sequence[Change], now: str) -> list[
     """``status.imageChangeTriggers`` with ``seen`` recorded (a merge patch replaces the list whole)."""
     merged = {t.from_.name: t.to_json_dict() for t in config.status.image_change_triggers}
     for c in seen:
-        merged[c.ref] = {
-            "from": {"kind": "DockerImage", "name": c.ref},
-            "lastTriggeredImageID": c.new,
-            "lastTriggerTime": now,
-        }
+        merged[c.ref] = _trigger_status(c.ref, c.new, now)
     return list(merged.values())
+
+
+def status_with_bases(config: BuildConfig, bases: Sequence[BaseImage], now: str) -> list[dict[str, object]] | None:
+    """``status.imageChangeTriggers`` once a build of ``config`` started from ``bases``: the images
+    triggers name are kept as they are, the recorded bases become exactly ``bases`` (an image the
+    Dockerfile no longer uses is no longer watched). None: nothing to change, or ``config`` knows
+    its bases from its spec."""
+    if not learns_bases(config):
+        return None
+    named = _named_by_triggers(config)
+    before = {t.from_.name: t for t in config.status.image_change_triggers}
+    out = [t.to_json_dict() for t in config.status.image_change_triggers if t.from_.name in named]
+    for b in bases:
+        if b.name in named:
+            continue
+        old = before.get(b.name)
+        if old is not None and old.last_triggered_image_id == b.digest:
+            out.append(old.to_json_dict())  # keeps the time it was last triggered
+        else:
+            out.append(_trigger_status(b.name, b.digest, now))
+    return None if out == [t.to_json_dict() for t in config.status.image_change_triggers] else out
+
+
+def _trigger_status(ref: str, digest: str, now: str) -> dict[str, object]:
+    return {"from": {"kind": "DockerImage", "name": ref}, "lastTriggeredImageID": digest, "lastTriggerTime": now}
 
 
 def causes(changes: Sequence[Change]) -> list[BuildTriggerCause]:

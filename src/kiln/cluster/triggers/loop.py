@@ -33,6 +33,7 @@ from kiln.cluster.triggers.poller import DigestPoller
 
 log = logging.getLogger("kiln.triggers")
 BUSY = (BuildPhase.NEW, BuildPhase.PENDING, BuildPhase.RUNNING)
+RECORD_ATTEMPTS = 5
 
 
 def _pushed(build: Build) -> tuple[str, str] | None:
@@ -140,7 +141,12 @@ class TriggerLoop:
         self._kicked.clear()
 
     def on_complete(self, build: Build) -> None:
-        """A build finished: its output tag has a new digest; workloads on it redeploy; chains move on."""
+        """A build finished: the images it started from are watched where only a build can tell
+        them; its output tag has a new digest; workloads on it redeploy; chains move on."""
+        try:
+            self._record_bases(build)
+        except KubeError as e:  # the redeploy and the chain after this build do not wait for it
+            log.warning("build %s/%s: recording the images it started from: %s", build.namespace, build.name, e)
         pushed = _pushed(build)
         if pushed is None:
             return
@@ -151,20 +157,22 @@ class TriggerLoop:
             self._redeploy(ref, digest, f"build {build.namespace}/{build.name}")
 
     def catch_up(self) -> None:
-        """After a start: redeploy each BuildConfig's newest complete build (a no-op where done).
+        """After a start: record the bases of, and redeploy, each BuildConfig's newest complete
+        build (a no-op where done).
 
-        A controller that died between a build's Complete status and its redeploy would otherwise
-        leave those workloads behind. The digests are not fed to the triggers: a tag may have
-        moved on since, and the registry, not an old build, says where it points now.
+        A controller that died between a build's Complete status and its completion hook would
+        otherwise leave those workloads behind, and a Dockerfile in git unwatched. The output
+        digests are not fed to the triggers: a tag may have moved on since, and the registry, not
+        an old build, says where it points now.
         """
-        if self.redeploy is None:
-            return
         per_config = _newest_pushed(self.kube.list_builds(None), lambda b, _ref: (b.namespace, b.config_name) if b.config_name else None, lambda b: b.number)
         for b, ref, digest in per_config:
             try:
-                self._redeploy(ref, digest, f"build {b.namespace}/{b.name}")
-            except Exception:  # one workload's trouble does not stop the others' catch-up
-                log.exception("redeploy after build %s/%s", b.namespace, b.name)
+                self._record_bases(b)
+                if self.redeploy is not None:
+                    self._redeploy(ref, digest, f"build {b.namespace}/{b.name}")
+            except Exception:  # one BuildConfig's or workload's trouble does not stop the others' catch-up
+                log.exception("catching up with build %s/%s", b.namespace, b.name)
 
     def on_workload(self, namespace: str, name: str, annotation: str) -> None:
         """A workload with kiln.dev/triggers appeared or changed its triggers: give it the image each
@@ -283,6 +291,31 @@ class TriggerLoop:
         log.info(
             "buildconfig %s/%s: watching %s", ns, name, ", ".join(f"{c.ref} at {c.new[:19]}" for c in fresh)
         )
+
+    def _record_bases(self, build: Build) -> None:
+        """Record what ``build`` started from in its BuildConfig's status, when that is how the
+        BuildConfig's ImageChange trigger learns its images (imagechange.status_with_bases)."""
+        bases = build.status.base_images
+        if bases is None or not build.config_name or build.status.phase is not BuildPhase.COMPLETE:
+            return
+        ns, name = build.namespace, build.config_name
+        for _ in range(RECORD_ATTEMPTS):
+            config = self.kube.get_config(ns, name)
+            if config is None or config.status.last_version != build.number:
+                return  # a newer build was started: its bases, and its trigger's digests, are the ones to keep
+            status = imagechange.status_with_bases(config, bases, format_time(self.clock()))
+            if status is None:
+                return
+            try:
+                self.kube.patch_status("BuildConfig", ns, name, str(config.metadata.get("resourceVersion")), {"imageChangeTriggers": status})
+            except ConflictError:
+                continue  # written meanwhile (a build number taken, a digest recorded): decide on what is there now
+            except NotFoundError:
+                return
+            log.info("buildconfig %s/%s: watching the images build %s started from: %s", ns, name, build.name,
+                     ", ".join(f"{b.name} at {b.digest[:19]}" for b in bases) or "none")  # fmt: skip
+            return
+        log.warning("buildconfig %s/%s: could not record the images build %s started from after %d conflicting writes", ns, name, build.name, RECORD_ATTEMPTS)
 
     # -- ConfigChange -----------------------------------------------------------------------------
     def on_config(self, ns: str, name: str) -> None:
