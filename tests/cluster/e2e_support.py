@@ -82,6 +82,8 @@ def install(cluster: Any, busybox: str) -> Installed:
 POLL_INTERVAL = 2.0
 MAX_TRIGGERED_BUILDS = 4
 WATCHDOG_SECONDS = 120.0  # well above any healthy unit of work here, well below the tests' waits
+# The supervisor probes /healthz as the controller Deployment's livenessProbe does (deploy/controller.yaml).
+PROBE_GRACE, PROBE_PERIOD, PROBE_TIMEOUT, PROBE_FAILURES = 30.0, 20.0, 5.0, 3
 
 
 def free_port() -> int:
@@ -98,8 +100,9 @@ class ControllerProcess:
 
     Like the kubelet under the controller's Deployment, a supervisor thread starts it again when
     it exits without being told to (its watchdog exits a wedged controller, see
-    kiln.cluster.watchdog); each such exit is kept in ``unexpected_exits`` and reported at the
-    end of the session.
+    kiln.cluster.watchdog) and kills and restarts it when /healthz fails three probes in a row
+    (a process too wedged for its own watchdog); each such restart is kept in
+    ``unexpected_exits`` and reported at the end of the session.
     """
 
     def __init__(self, installed: Installed) -> None:
@@ -133,15 +136,46 @@ class ControllerProcess:
                 self._supervisor.start()
 
     def _supervise(self) -> None:
+        failures, next_probe = 0, time.monotonic() + PROBE_GRACE
         while not self._stopping.wait(0.5):
             with self._lock:
-                if self.proc is None or self.proc.poll() is None:
+                proc = self.proc
+                if proc is None:
+                    failures, next_probe = 0, time.monotonic() + PROBE_GRACE
                     continue
-                code = self.proc.returncode
-                self.unexpected_exits.append(f"{time.strftime('%H:%M:%S')} pid {self.proc.pid} exited with {code}")
-                with open(self.log_path, "a") as log:
-                    log.write(f"=== e2e supervisor: the controller exited with {code} unasked; starting it again ===\n")
-                self.start()
+                if proc.poll() is not None:
+                    self._restart(f"exited with {proc.returncode}")
+                    failures, next_probe = 0, time.monotonic() + PROBE_GRACE
+                    continue
+            if time.monotonic() < next_probe:
+                continue
+            next_probe = time.monotonic() + PROBE_PERIOD
+            failures = 0 if self._healthy() else failures + 1
+            if failures >= PROBE_FAILURES:  # the Deployment's liveness probe would restart it now
+                with self._lock:
+                    if self.proc is proc and proc.poll() is None:
+                        os.kill(proc.pid, signal.SIGUSR1)  # faulthandler answers even with the GIL held
+                        time.sleep(0.5)
+                        os.kill(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                        self._restart(f"failed {PROBE_FAILURES} liveness probes (/healthz)")
+                failures, next_probe = 0, time.monotonic() + PROBE_GRACE
+
+    def _healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.trigger_url}/healthz", timeout=PROBE_TIMEOUT) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def _restart(self, why: str) -> None:
+        assert self.proc is not None
+        self.unexpected_exits.append(f"{time.strftime('%H:%M:%S')} pid {self.proc.pid} {why}")
+        with open(self.log_path, "a") as log:
+            log.write(f"=== e2e supervisor: the controller {why}; starting it again ===\n")
+        self.start()
 
     def kill(self) -> None:
         with self._lock:
