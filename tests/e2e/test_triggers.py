@@ -293,6 +293,30 @@ def test_a_dockerfile_in_git_is_rebuilt_when_the_base_its_build_used_changes(clu
         assert after is not None and after.status.last_image_id(base) == new_base
 
 
+def test_a_workload_follows_a_tag_that_nothing_in_kiln_builds(cluster: Any, ctl: e2e.ControllerProcess, k: Kube, namespace: str,
+                                                               notifying: Registry, tmp_path: Path) -> None:  # fmt: skip
+    """Set at once from the registry (a HEAD), then moved by a push from outside kiln (a notification),
+    and by one on the cluster registry, which sends none (the poller)."""
+    reg = notifying.host
+    tag = f"{reg}/outside/app:stable"
+    first = push_base(tmp_path, reg, "outside/app:stable")
+    e2e.create(k, namespace, deployment("ext", "placeholder:1", tag))
+    e2e.wait_until("the new Deployment set to what the tag points at", lambda: deployment_image(cluster, namespace, "ext") == f"{reg}/outside/app@{first}",
+                   60, ctl.log_tail)  # fmt: skip
+    second = push_base(tmp_path, reg, "outside/app:stable", fix="outside-1")
+    assert second != first
+    e2e.wait_until("the Deployment moved with the tag", lambda: deployment_image(cluster, namespace, "ext") == f"{reg}/outside/app@{second}",
+                   60, ctl.log_tail)  # fmt: skip
+    quiet = cluster.registry  # sends no notifications: only the poller can see this one move
+    polled = f"{quiet}/outside/{namespace}:1"
+    before = push_base(tmp_path, quiet, f"outside/{namespace}:1")
+    e2e.create(k, namespace, deployment("polled", "placeholder:1", polled))
+    e2e.wait_until("set from the quiet registry", lambda: deployment_image(cluster, namespace, "polled") == f"{quiet}/outside/{namespace}@{before}", 60, ctl.log_tail)
+    after = push_base(tmp_path, quiet, f"outside/{namespace}:1", fix="outside-2")
+    e2e.wait_until("moved by a poll", lambda: deployment_image(cluster, namespace, "polled") == f"{quiet}/outside/{namespace}@{after}", 60, ctl.log_tail)
+    assert deployment_image(cluster, namespace, "ext") == f"{reg}/outside/app@{second}"  # the other workload left alone
+
+
 def test_install_creates_the_notification_token_once(k: Kube, namespace: str) -> None:
     from kiln.cluster.install import notification_secret
     from kiln.cluster.manifests import InstallOptions

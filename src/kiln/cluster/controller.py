@@ -165,16 +165,17 @@ _handled_workloads: dict[str, str] = {}  # uid -> the annotation value acted on 
 def workload_event(*, type: str, body: Mapping[str, Any], **_: Any) -> None:
     meta = body.get("metadata") or {}
     uid, value = str(meta.get("uid", "")), str((meta.get("annotations") or {}).get(_WORKLOAD_TRIGGERS, ""))
+    _reconciler()
+    assert STATE.triggers is not None
     if type == "DELETED":
         _handled_workloads.pop(uid, None)
+        STATE.triggers.forget_workload(uid)
         return
     if not value or _handled_workloads.get(uid) == value:
         return
-    _reconciler()
-    assert STATE.triggers is not None
     try:
         with _tracked(f"workload {meta.get('namespace')}/{meta.get('name')}"):
-            STATE.triggers.on_workload(str(meta.get("namespace", "")), str(meta.get("name", "")), value)
+            STATE.triggers.on_workload(str(meta.get("namespace", "")), str(meta.get("name", "")), value, uid=uid)
     except KubeError as e:
         log.warning("workload %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
         return

@@ -74,6 +74,11 @@ class TriggerLoop:
         self._evaluating = threading.Lock()  # one evaluation at a time: decisions read then write statuses
         self._kicked = threading.Event()
         self._waiting_logged: set[tuple[imagechange.Key, tuple[imagechange.Key, ...]]] = set()
+        # Tags annotated workloads follow (by workload uid), and the digest each was last set to;
+        # kept in memory: the workloads' own events fill it again after a restart.
+        self._follows: dict[str, frozenset[str]] = {}
+        self._set_to: dict[str, str] = {}
+        self._follows_lock = threading.Lock()
 
     def kick(self) -> None:
         """Ask for an evaluation soon (many kicks while one runs make one more)."""
@@ -127,7 +132,7 @@ class TriggerLoop:
     def after_poll(self) -> None:
         """Fold one poller round into the digests seen, then decide."""
         assert self.poller is not None
-        self.poller.watch({ref for c in self.kube.list_configs() for ref in imagechange.watched_images(c)})
+        self._watch(self.kube.list_configs())
         for change in self.poller.poll_once():
             with self._digests_lock:
                 self._digests[change.ref] = change.new
@@ -174,15 +179,24 @@ class TriggerLoop:
             except Exception:  # one BuildConfig's or workload's trouble does not stop the others' catch-up
                 log.exception("catching up with build %s/%s", b.namespace, b.name)
 
-    def on_workload(self, namespace: str, name: str, annotation: str) -> None:
+    def on_workload(self, namespace: str, name: str, annotation: str, uid: str | None = None) -> None:
         """A workload with kiln.dev/triggers appeared or changed its triggers: give it the image each
-        trigger follows as the newest complete build made it (OpenShift sets it at once too)."""
+        trigger follows now (OpenShift sets it at once too), and follow those tags from here on.
+
+        A tag a kiln build pushes gets that build's image; any other tag gets what the registry says
+        it points at (known from notifications or polls, else asked now), so a workload can follow an
+        image that something outside kiln pushes.
+        """
         from kiln.cluster.redeploy import parse_triggers
 
         try:
-            follows = {imagechange.normalize(t.from_) for t in parse_triggers(annotation) if not t.paused}
+            follows = frozenset(imagechange.normalize(t.from_) for t in parse_triggers(annotation) if not t.paused)
         except ValueError:
             return  # the redeployer reports a broken annotation with an Event when it meets it
+        if uid is not None:
+            with self._follows_lock:
+                self._follows[uid] = follows
+            self.kick()  # the poller watches the new tags from the next evaluation on
         if not follows or self.redeploy is None:
             return
 
@@ -190,12 +204,50 @@ class TriggerLoop:
             tag = imagechange.normalize(ref)
             return tag if tag in follows else None
 
+        built: set[str] = set()
         for b, ref, digest in _newest_pushed(self.kube.list_builds(None), following, lambda b: str(b.status.completion_timestamp)):
+            built.add(imagechange.normalize(ref))
             self._redeploy(ref, digest, f"{namespace}/{name} follows {imagechange.normalize(ref)}; newest build {b.namespace}/{b.name}")
+        for tag in sorted(follows - built):
+            with self._digests_lock:
+                points_at = self._digests.get(tag)
+            if points_at is None and self.poller is not None:
+                points_at = self.poller.resolve(tag)
+                if points_at is not None:
+                    self.saw(tag, points_at)
+            if points_at is not None:
+                self._redeploy(tag, points_at, f"{namespace}/{name} follows {tag}, which points at {points_at[:19]}")
+
+    def forget_workload(self, uid: str) -> None:
+        """The workload is gone: its tags are no longer followed on its account."""
+        with self._follows_lock:
+            self._follows.pop(uid, None)
+
+    def followed(self) -> set[str]:
+        """Every tag some annotated workload follows (normalized)."""
+        with self._follows_lock:
+            return set().union(*self._follows.values())
+
+    def _follow_moved_tags(self, digests: dict[str, str]) -> None:
+        """Redeploy the workloads on each followed tag that now points at a digest not yet set.
+
+        Tags kiln builds were set when their build completed (on_complete), so this is about pushes
+        from outside kiln, and about the first sighting after a restart (a no-op where pinned)."""
+        if self.redeploy is None:
+            return
+        for tag in sorted(self.followed()):
+            digest = digests.get(tag)
+            with self._follows_lock:
+                done = self._set_to.get(tag) == digest
+            if digest is not None and not done:
+                self._redeploy(tag, digest, f"{tag} now points at {digest[:19]}")
 
     def _redeploy(self, ref: str, digest: str, cause: str) -> None:
         assert self.redeploy is not None
-        self.redeploy(imagechange.normalize(ref), digest, cause)
+        tag = imagechange.normalize(ref)
+        self.redeploy(tag, digest, cause)
+        with self._follows_lock:
+            self._set_to[tag] = digest
 
     # -- decisions --------------------------------------------------------------------------------
     def evaluate(self) -> None:
@@ -217,7 +269,7 @@ class TriggerLoop:
                 except KubeError as e:
                     log.warning("buildconfig %s: config change: %s", c.name, e)
             if self.poller is not None:
-                self.poller.watch({ref for c in configs for ref in imagechange.watched_images(c)})
+                self._watch(configs)
             with self._digests_lock:
                 digests = dict(self._digests)
                 known = set(self._polled) if self.poller is not None else None
@@ -226,6 +278,15 @@ class TriggerLoop:
                     self._carry_out(d, digests, busy)
                 except KubeError as e:
                     log.warning("buildconfig %s/%s: image trigger: %s", *d.key, e)
+            try:
+                self._follow_moved_tags(digests)
+            except KubeError as e:
+                log.warning("redeploying workloads whose image moved: %s", e)
+
+    def _watch(self, configs: Sequence[BuildConfig]) -> None:
+        """Poll what BuildConfigs build on and what annotated workloads follow."""
+        assert self.poller is not None
+        self.poller.watch({ref for c in configs for ref in imagechange.watched_images(c)} | self.followed())
 
     def _carry_out(
         self, d: imagechange.Decision, digests: dict[str, str], busy: set[tuple[str, str]]

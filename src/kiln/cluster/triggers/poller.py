@@ -130,6 +130,26 @@ class DigestPoller:
         with self._lock:
             return self._known.get(key)
 
+    def resolve(self, ref: str) -> str | None:
+        """HEAD ``ref`` now, off the schedule (a workload just began to follow it): its digest, or
+        None when it cannot be had (the failure is logged once, as a round's would be)."""
+        try:
+            parsed = Reference.parse(ref)
+        except KilnError as e:
+            log.warning("not resolving %s", e)
+            return None
+        key = str(parsed)
+        with self._round:
+            try:
+                found = self._current_session().client(parsed).head_manifest(parsed.identifier, key)
+            except KilnError as e:
+                self._problem(key, str(e))
+                return None
+        if found is None:
+            self._problem(key, f"{key}: not found")
+            return None
+        return str(found.digest)
+
     # -- polling ------------------------------------------------------------------------------
 
     def poll_once(self) -> list[DigestChange]:
