@@ -8,6 +8,7 @@ change happen at most once, whoever else (a restarted controller, `kiln cancel-b
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -71,10 +72,43 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
+_warmed: set[type] = set()
+_warming = threading.Lock()
+
+
+def warm_decoders(*resources: type) -> None:
+    """Decode each resource type once, on one thread, before threads share it.
+
+    lightkube decodes responses with msgspec, which builds a type's decoding tables on its first
+    use. Two threads doing a type's first decode at once crash the process (SIGSEGV, no
+    traceback): 16 threads listing Pods in a fresh process crashed it on every try here, and none
+    did after one list on one thread. A restarted controller is exactly that case: its initial
+    listing hands every build pod to the handler threads at once. So the types kiln decodes are
+    warmed when a Kube or a Redeployer is made, under a lock.
+    """
+    from lightkube.core import decoders
+
+    with _warming:
+        for res in resources:
+            if res in _warmed:
+                continue
+            # An empty object may not validate; the tables are built by then.
+            with contextlib.suppress(Exception):
+                decoders.decode_list(b'{"items":[{}]}', res)
+            with contextlib.suppress(Exception):
+                decoders.decode_object(b"{}", res)
+            _warmed.add(res)
+        with contextlib.suppress(Exception):
+            decoders.decode_status(b"{}")  # every API error's body
+
+
 class Kube:
     """Builds, BuildConfigs and build pods in a cluster."""
 
     def __init__(self, api: Client | None = None) -> None:
+        from lightkube.resources.core_v1 import Event, Secret
+
+        warm_decoders(BuildResource, BuildConfigResource, Pod, Secret, Event)
         self.api = api or client()
 
     # -- reads ----------------------------------------------------------------------------

@@ -30,7 +30,15 @@ from lightkube.resources.apps_v1 import DaemonSet, Deployment, ReplicaSet, State
 from lightkube.resources.batch_v1 import CronJob
 from lightkube.types import PatchType
 
-from kiln.cluster.kube import ConflictError, Kube, KubeError, NotFoundError, api_errors, to_dict
+from kiln.cluster.kube import (
+    ConflictError,
+    Kube,
+    KubeError,
+    NotFoundError,
+    api_errors,
+    to_dict,
+    warm_decoders,
+)
 from kiln.errors import KilnError
 from kiln.oci.digest import is_digest
 from kiln.registry.reference import Reference
@@ -238,6 +246,7 @@ class Redeployer:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.kube = Kube(client)  # for record_event
+        warm_decoders(ReplicaSet, *(kind.resource for kind in KINDS.values()))  # before threads share them
 
     def redeploy(self, image: str, digest: str, *, namespace: str | None = None, cause: str = "") -> list[Patched]:
         """Patch every workload whose unpaused trigger follows ``image`` to ``image``'s repo at ``digest``.
