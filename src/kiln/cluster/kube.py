@@ -89,6 +89,9 @@ def warm_decoders(*resources: type) -> None:
     from lightkube.core import decoders
 
     with _warming:
+        if not _warmed:
+            with contextlib.suppress(Exception):
+                decoders.decode_status(b"{}")  # every API error's body
         for res in resources:
             if res in _warmed:
                 continue
@@ -98,8 +101,6 @@ def warm_decoders(*resources: type) -> None:
             with contextlib.suppress(Exception):
                 decoders.decode_object(b"{}", res)
             _warmed.add(res)
-        with contextlib.suppress(Exception):
-            decoders.decode_status(b"{}")  # every API error's body
 
 
 class Kube:
